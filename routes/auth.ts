@@ -1,0 +1,75 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
+import Type from 'typebox'
+import { normalizeEmail } from '../src/auth.js'
+import { CLOSE_CODES } from '../src/protocol.js'
+import { EmailSchema, ErrorSchema, NameSchema, PasswordSchema, TokensSchema, UserSchema } from '../src/schemas.js'
+
+const RefreshTokenBody = Type.Object({
+  refresh_token: Type.String({ minLength: 1, maxLength: 512 })
+}, { additionalProperties: false })
+
+export default (async function authRoutes (fastify) {
+  const auth = fastify.switchboardAuth
+  const { authRateLimitMax, authRateLimitWindow } = fastify.switchboardConfig
+  const perIp = { max: authRateLimitMax, timeWindow: authRateLimitWindow * 1000 }
+  // A second, per-account limit: guessing one account's password from many
+  // addresses still runs into it. It needs the parsed body, so it runs late.
+  const perAccount = fastify.rateLimit({
+    ...perIp,
+    keyGenerator: (request: FastifyRequest) => `account:${normalizeEmail(String((request.body as { email?: unknown })?.email ?? ''))}`
+  })
+
+  fastify.post('/auth/signup', {
+    config: { rateLimit: perIp },
+    preHandler: perAccount,
+    schema: {
+      tags: ['auth'],
+      summary: 'Create an account',
+      body: Type.Object({ email: EmailSchema, password: PasswordSchema, name: NameSchema }, { additionalProperties: false }),
+      response: { 201: UserSchema, 400: ErrorSchema, 409: ErrorSchema, 415: ErrorSchema, 429: ErrorSchema }
+    }
+  }, async (request, reply) => {
+    const user = await auth.signup(request.body)
+    return reply.code(201).send(user)
+  })
+
+  fastify.post('/auth/login', {
+    config: { rateLimit: perIp },
+    preHandler: perAccount,
+    schema: {
+      tags: ['auth'],
+      summary: 'Exchange email and password for tokens',
+      description: 'An unknown email and a wrong password get the same 401.',
+      body: Type.Object({
+        email: Type.String({ minLength: 1, maxLength: 254 }),
+        password: Type.String({ minLength: 1, maxLength: 1024 })
+      }, { additionalProperties: false }),
+      response: { 200: TokensSchema, 400: ErrorSchema, 401: ErrorSchema, 415: ErrorSchema, 429: ErrorSchema }
+    }
+  }, async (request) => auth.login(request.body))
+
+  fastify.post('/auth/refresh', {
+    schema: {
+      tags: ['auth'],
+      summary: 'Rotate a refresh token',
+      description: 'The presented refresh token is spent. Presenting a spent one again revokes the whole session.',
+      body: RefreshTokenBody,
+      response: { 200: TokensSchema, 400: ErrorSchema, 401: ErrorSchema, 415: ErrorSchema, 429: ErrorSchema }
+    }
+  }, async (request) => auth.refresh(request.body.refresh_token))
+
+  fastify.post('/auth/logout', {
+    schema: {
+      tags: ['auth'],
+      summary: 'End the session of a refresh token',
+      description: 'Revokes the session: its refresh tokens stop working and its open WebSockets on this node close with 1008.',
+      body: RefreshTokenBody,
+      response: { 204: Type.Null(), 400: ErrorSchema, 401: ErrorSchema, 415: ErrorSchema, 429: ErrorSchema }
+    }
+  }, async (request, reply) => {
+    const { userId, sessionId } = await auth.logout(request.body.refresh_token)
+    fastify.switchboardChat.registry.closeSession(userId, sessionId, CLOSE_CODES.policy, 'session ended')
+    return reply.code(204).send(null)
+  })
+}) satisfies FastifyPluginAsyncTypebox

@@ -1,0 +1,59 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import Type from 'typebox'
+
+const CHECK_TIMEOUT_MS = 2000
+
+const BackendState = Type.Object({
+  backend: Type.String({ description: 'memory, mysql or redis' }),
+  status: Type.Union([Type.Literal('up'), Type.Literal('down')])
+})
+
+const ReadySchema = Type.Object({
+  status: Type.Union([Type.Literal('ready'), Type.Literal('unavailable')]),
+  database: BackendState,
+  shared: BackendState
+})
+
+async function probe (check: () => Promise<void>): Promise<'up' | 'down'> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error('timed out')), CHECK_TIMEOUT_MS)
+  })
+  try {
+    await Promise.race([check(), timeout])
+    return 'up'
+  } catch {
+    return 'down'
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+export default (async function healthRoutes (fastify) {
+  fastify.get('/health', {
+    config: { rateLimit: false },
+    schema: {
+      tags: ['health'],
+      summary: 'Liveness: the process answers',
+      response: { 200: Type.Object({ status: Type.Literal('ok') }) }
+    }
+  }, async () => ({ status: 'ok' as const }))
+
+  fastify.get('/ready', {
+    config: { rateLimit: false },
+    schema: {
+      tags: ['health'],
+      summary: 'Readiness: every configured backend answers',
+      response: { 200: ReadySchema, 503: ReadySchema }
+    }
+  }, async (_request, reply) => {
+    const { switchboardDb: db, switchboardShared: shared } = fastify
+    const [database, sharedState] = await Promise.all([probe(db.check), probe(shared.check)])
+    const ready = database === 'up' && sharedState === 'up'
+    return reply.code(ready ? 200 : 503).send({
+      status: ready ? 'ready' : 'unavailable',
+      database: { backend: db.backend, status: database },
+      shared: { backend: shared.backend, status: sharedState }
+    })
+  })
+}) satisfies FastifyPluginAsyncTypebox

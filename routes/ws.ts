@@ -1,0 +1,64 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
+import Type from 'typebox'
+import { INVALID_TOKEN } from '../src/access-tokens.js'
+import { ForbiddenError, UnauthorizedError } from '../src/errors.js'
+import { toPublicUser, type PublicUser } from '../src/schemas.js'
+import { requestToken } from '../plugins/auth.js'
+
+/** Whether a browser page at `origin` may open a socket here. */
+export function isOriginAllowed (origin: string | undefined, host: string | undefined, allowed: readonly string[]): boolean {
+  if (origin === undefined) return true
+  if (allowed.includes(origin)) return true
+  try {
+    return host !== undefined && new URL(origin).host === host
+  } catch {
+    return false
+  }
+}
+
+export default (async function wsRoutes (fastify) {
+  const { wsAllowedOrigins } = fastify.switchboardConfig
+  const auth = fastify.switchboardAuth
+  const users = fastify.switchboardDb.users
+  const chat = fastify.switchboardChat
+  // The profile loaded before the upgrade, so the handler can start synchronously.
+  const profiles = new WeakMap<FastifyRequest, PublicUser>()
+
+  fastify.get('/ws', {
+    websocket: true,
+    // Requests here may carry ?token=: keep the URL out of the info-level request logs.
+    logLevel: 'warn',
+    schema: {
+      hide: true,
+      querystring: Type.Object({
+        token: Type.Optional(Type.String()),
+        format: Type.Union([Type.Literal('json'), Type.Literal('text')], { default: 'json' })
+      })
+    },
+    onRequest: async (request) => {
+      if (!isOriginAllowed(request.headers.origin, request.headers.host, wsAllowedOrigins)) {
+        throw new ForbiddenError('ORIGIN_NOT_ALLOWED', 'this origin may not open a WebSocket here')
+      }
+      const token = requestToken(request, { allowQuery: true })
+      if (token === null) throw new UnauthorizedError(INVALID_TOKEN, 'an access token is required: Authorization: Bearer <token> or ?token=')
+      const identity = auth.verifyAccessToken(token)
+      const user = await users.findById(identity.userId)
+      if (user === null) throw new UnauthorizedError(INVALID_TOKEN, 'the account of this token no longer exists')
+      request.identity = identity
+      profiles.set(request, toPublicUser(user))
+    }
+  }, (socket, request) => {
+    const user = profiles.get(request)
+    const identity = request.identity
+    if (user === undefined || identity === null) {
+      socket.close(1011, 'internal error')
+      return
+    }
+    // Listeners go on before anything else, so no early frame is missed.
+    const session = chat.open(socket, { user, identity, format: request.query.format })
+    socket.on('message', session.receive)
+    socket.on('close', session.closed)
+    socket.on('error', (error) => request.log.warn({ err: error }, 'websocket error'))
+  })
+}) satisfies FastifyPluginAsyncTypebox

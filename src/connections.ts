@@ -1,0 +1,81 @@
+import type { OutputFormat } from './protocol.js'
+
+/** What the registry needs of a live socket. */
+export interface Connection {
+  readonly userId: number
+  readonly sessionId: string
+  readonly format: OutputFormat
+  send (data: string): void
+  close (code: number, reason: string): void
+}
+
+/**
+ * The live connections of this node, by user. A user may hold several
+ * (devices); each gets every message to or from that user.
+ */
+export function createConnectionRegistry () {
+  const byUser = new Map<number, Set<Connection>>()
+  let total = 0
+
+  return {
+    /** Returns true when this is the user's first connection (they came online). */
+    add (connection: Connection): boolean {
+      let connections = byUser.get(connection.userId)
+      const first = connections === undefined
+      if (connections === undefined) {
+        connections = new Set()
+        byUser.set(connection.userId, connections)
+      }
+      if (!connections.has(connection)) {
+        connections.add(connection)
+        total++
+      }
+      return first
+    },
+
+    /** Returns true when this was the user's last connection (they went offline). */
+    remove (connection: Connection): boolean {
+      const connections = byUser.get(connection.userId)
+      if (connections === undefined || !connections.delete(connection)) return false
+      total--
+      if (connections.size > 0) return false
+      byUser.delete(connection.userId)
+      return true
+    },
+
+    connectionsOf (userId: number): ReadonlySet<Connection> | undefined {
+      return byUser.get(userId)
+    },
+
+    isOnline (userId: number): boolean {
+      return byUser.has(userId)
+    },
+
+    /** Online user ids in ascending order, `limit` at a time after `after`. */
+    onlineUsers ({ after = 0, limit }: { after?: number, limit: number }): { count: number, userIds: number[] } {
+      const userIds = [...byUser.keys()].filter((id) => id > after).sort((a, b) => a - b).slice(0, limit)
+      return { count: byUser.size, userIds }
+    },
+
+    get connectionCount (): number {
+      return total
+    },
+
+    /** Closes every connection opened with tokens of one session (logout, revocation). */
+    closeSession (userId: number, sessionId: string, code: number, reason: string): number {
+      let closed = 0
+      for (const connection of byUser.get(userId) ?? []) {
+        if (connection.sessionId !== sessionId) continue
+        connection.close(code, reason)
+        closed++
+      }
+      return closed
+    },
+
+    closeAll (code: number, reason: string): void {
+      for (const connections of byUser.values()) for (const connection of connections) connection.close(code, reason)
+    }
+  }
+}
+
+export type ConnectionRegistry = ReturnType<typeof createConnectionRegistry>

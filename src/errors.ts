@@ -1,0 +1,31 @@
+/**
+ * Errors the domain throws. They carry a stable machine-readable `code`;
+ * the HTTP edge (plugins/error-handler.ts) decides the status code.
+ */
+export class DomainError extends Error {
+  readonly code: string
+
+  constructor (code: string, message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.code = code
+    this.name = new.target.name
+  }
+}
+
+/** The request is well-formed JSON but makes no sense (400). */
+export class InvalidInputError extends DomainError {}
+/** Credentials or tokens are missing, wrong, expired or revoked (401). */
+export class UnauthorizedError extends DomainError {}
+/** The caller is known but not allowed (403). */
+export class ForbiddenError extends DomainError {}
+/** The named thing does not exist (404). */
+export class NotFoundError extends DomainError {}
+/** The request conflicts with existing state (409). */
+export class ConflictError extends DomainError {}
+/** A backend the request needs is unreachable (503). */
+export class UnavailableError extends DomainError {}
+
+/** Thrown for a bad configuration value; the message names the setting. */
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}

@@ -1,0 +1,40 @@
+/**
+ * Message ids: 64-bit numbers written in decimal, made of the millisecond
+ * (since 2024-01-01), a 10-bit node id and a 12-bit sequence. They are unique
+ * per node id and sort in time order; a burst beyond 4096 ids in one
+ * millisecond borrows the next millisecond rather than repeat or go backwards.
+ */
+const EPOCH_MS = Date.UTC(2024, 0, 1)
+const NODE_BITS = 10n
+const SEQUENCE_BITS = 12n
+const MAX_SEQUENCE = (1 << Number(SEQUENCE_BITS)) - 1
+export const MAX_NODE_ID = (1 << Number(NODE_BITS)) - 1
+
+export function createIdGenerator ({ nodeId, clock = Date.now }: { nodeId: number, clock?: () => number }) {
+  if (!Number.isInteger(nodeId) || nodeId < 0 || nodeId > MAX_NODE_ID) throw new RangeError(`nodeId must be an integer from 0 to ${MAX_NODE_ID}`)
+  const node = BigInt(nodeId) << SEQUENCE_BITS
+  let lastMs = -1
+  let sequence = 0
+  let prefix = 0n
+
+  return {
+    next (): string {
+      const now = clock() - EPOCH_MS
+      if (now > lastMs) {
+        lastMs = now
+        sequence = 0
+        prefix = (BigInt(lastMs) << (NODE_BITS + SEQUENCE_BITS)) | node
+      } else if (++sequence > MAX_SEQUENCE) {
+        lastMs += 1
+        sequence = 0
+        prefix = (BigInt(lastMs) << (NODE_BITS + SEQUENCE_BITS)) | node
+      }
+      return (prefix | BigInt(sequence)).toString()
+    }
+  }
+}
+
+/** The time an id was made, in epoch milliseconds. */
+export function idTime (id: string): number {
+  return Number(BigInt(id) >> (NODE_BITS + SEQUENCE_BITS)) + EPOCH_MS
+}
