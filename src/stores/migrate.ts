@@ -1,7 +1,8 @@
 import type { Pool, RowDataPacket } from 'mysql2/promise'
 import { migrations as allMigrations, type Migration } from './migrations.js'
 
-const LOCK_NAME = 'switchboard_migrations'
+/** One lock per database, so migrations of different databases on one server do not wait for each other. */
+const LOCK_NAME_SQL = "CONCAT('switchboard_migrations:', DATABASE())"
 const LOCK_TIMEOUT_SECONDS = 60
 
 export interface MigrateOptions {
@@ -26,8 +27,8 @@ export async function migrate (pool: Pool, options: MigrateOptions = {}): Promis
   const target = options.to ?? migrations.at(-1)?.version ?? 0
   const connection = await pool.getConnection()
   try {
-    const [[lock]] = await connection.query<RowDataPacket[]>('SELECT GET_LOCK(?, ?) AS acquired', [LOCK_NAME, LOCK_TIMEOUT_SECONDS])
-    if (lock?.acquired !== 1) throw new Error(`could not take the migration lock "${LOCK_NAME}" within ${LOCK_TIMEOUT_SECONDS} s`)
+    const [[lock]] = await connection.query<RowDataPacket[]>(`SELECT GET_LOCK(${LOCK_NAME_SQL}, ?) AS acquired`, [LOCK_TIMEOUT_SECONDS])
+    if (lock?.acquired !== 1) throw new Error(`could not take the migration lock within ${LOCK_TIMEOUT_SECONDS} s`)
     try {
       await connection.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
         version INT UNSIGNED NOT NULL PRIMARY KEY,
@@ -54,7 +55,7 @@ export async function migrate (pool: Pool, options: MigrateOptions = {}): Promis
       }
       return { from, to: target, applied, reverted }
     } finally {
-      await connection.query('SELECT RELEASE_LOCK(?)', [LOCK_NAME])
+      await connection.query(`SELECT RELEASE_LOCK(${LOCK_NAME_SQL})`)
     }
   } finally {
     connection.release()

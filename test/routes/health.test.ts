@@ -17,7 +17,7 @@ test('GET /ready reports the embedded backends', async (t) => {
 
 test('GET /ready on MariaDB and Redis', async (t) => {
   const backends = realBackends()
-  if ('skip' in backends) return t.skip(backends.skip)
+  if ('skip' in backends) return t.plan(0, backends.skip)
   const app = await build(t, await realBackendOptions(t, backends))
   const { statusCode, body } = await call(app, { method: 'GET', url: '/ready' })
   t.equal(statusCode, 200)
