@@ -29,5 +29,6 @@ export default fp(async function swaggerPlugin (fastify) {
       }
     }
   })
-  await fastify.register(fastifySwaggerUi, { routePrefix: '/docs' })
+  // indexPrefix: under a host's prefix, the page must link its assets with it.
+  await fastify.register(fastifySwaggerUi, { routePrefix: '/docs', indexPrefix: fastify.prefix })
 }, { fastify: '5.x', name: 'switchboard-swagger' })

@@ -1,9 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyRequest } from 'fastify'
+import createError from '@fastify/error'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import Type from 'typebox'
 import { normalizeEmail } from '../src/auth.js'
 import { CLOSE_CODES } from '../src/protocol.js'
 import { EmailSchema, ErrorSchema, NameSchema, PasswordSchema, TokensSchema, UserSchema } from '../src/schemas.js'
+
+const AccountRateLimitedError = createError('RATE_LIMITED', 'too many attempts for this account, retry in %s s', 429)
 
 const RefreshTokenBody = Type.Object({
   refresh_token: Type.String({ minLength: 1, maxLength: 512 })
@@ -15,10 +18,18 @@ export default (async function authRoutes (fastify) {
   const perIp = { max: authRateLimitMax, timeWindow: authRateLimitWindow * 1000 }
   // A second, per-account limit: guessing one account's password from many
   // addresses still runs into it. It needs the parsed body, so it runs late.
-  const perAccount = fastify.rateLimit({
+  // (Not `fastify.rateLimit()`: that handler skips requests the route's own
+  // per-IP limit has already counted, which is every request here.)
+  const accountLimit = fastify.createRateLimit({
     ...perIp,
     keyGenerator: (request: FastifyRequest) => `account:${normalizeEmail(String((request.body as { email?: unknown })?.email ?? ''))}`
   })
+  const perAccount = async (request: FastifyRequest, reply: FastifyReply) => {
+    const limit = await accountLimit(request)
+    if (limit.isAllowed || !limit.isExceeded) return
+    reply.header('retry-after', limit.ttlInSeconds)
+    throw new AccountRateLimitedError(String(limit.ttlInSeconds))
+  }
 
   fastify.post('/auth/signup', {
     config: { rateLimit: perIp },

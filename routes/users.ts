@@ -8,7 +8,9 @@ export default (async function usersRoutes (fastify) {
   const { registry } = fastify.switchboardChat
   const security = [{ bearerAuth: [] }]
 
-  fastify.addHook('onRequest', fastify.switchboardAuthenticate)
+  // preParsing, not onRequest: the rate limiter runs in the routes' onRequest,
+  // after the instance's own onRequest hooks, and must count refused requests too.
+  fastify.addHook('preParsing', fastify.switchboardAuthenticate)
 
   fastify.get('/users/me', {
     schema: {
@@ -64,7 +66,9 @@ export default (async function usersRoutes (fastify) {
       security,
       params: Type.Object({ id: UserIdSchema }),
       response: {
-        200: Type.Intersect([PublicUserSchema, Type.Object({ online: Type.Boolean() })]),
+        // One object, not an allOf: PublicUserSchema forbids additional properties, so
+        // an intersection would document every real answer (with `online`) as invalid.
+        200: Type.Object({ ...PublicUserSchema.properties, online: Type.Boolean() }, { additionalProperties: false }),
         400: ErrorSchema,
         401: ErrorSchema,
         404: ErrorSchema,

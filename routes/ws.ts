@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyRequest, LogLevel } from 'fastify'
 import Type from 'typebox'
 import { INVALID_TOKEN } from '../src/access-tokens.js'
 import { ForbiddenError, UnauthorizedError } from '../src/errors.js'
@@ -24,11 +24,13 @@ export default (async function wsRoutes (fastify) {
   const chat = fastify.switchboardChat
   // The profile loaded before the upgrade, so the handler can start synchronously.
   const profiles = new WeakMap<FastifyRequest, PublicUser>()
+  // Quieter than the server for this route, never louder (a server at error or silent stays so).
+  const logLevel = ['error', 'fatal', 'silent'].includes(fastify.log.level) ? fastify.log.level as LogLevel : 'warn'
 
   fastify.get('/ws', {
     websocket: true,
     // Requests here may carry ?token=: keep the URL out of the info-level request logs.
-    logLevel: 'warn',
+    logLevel,
     schema: {
       hide: true,
       querystring: Type.Object({

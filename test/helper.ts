@@ -1,15 +1,21 @@
 import { randomBytes } from 'node:crypto'
+import type { JWT } from '@fastify/jwt'
 import Fastify, { type FastifyInstance, type InjectOptions } from 'fastify'
+import { createSigner, createVerifier } from 'fast-jwt'
 import fp from 'fastify-plugin'
 import { Redis } from 'ioredis'
 import mysql from 'mysql2/promise'
 import type { Test } from 'tap'
+import WebSocket, { type RawData } from 'ws'
+import type { JwtFunctions } from '../src/access-tokens.js'
 import switchboard, { type SwitchboardOptions } from '../src/app.js'
 import { serverOptions } from '../src/server.js'
 
+export const TEST_JWT_SECRET = 'test-secret-that-is-at-least-32-bytes-long'
+
 /** Settings that keep tests fast (cheap bcrypt) and out of their own way (loose limits). */
 export const TEST_SETTINGS: SwitchboardOptions = {
-  jwtSecret: 'test-secret-that-is-at-least-32-bytes-long',
+  jwtSecret: TEST_JWT_SECRET,
   bcryptCost: 4,
   rateLimitMax: 100_000,
   authRateLimitMax: 100_000,
@@ -121,4 +127,240 @@ export async function createUser (app: FastifyInstance, name = 'Test User'): Pro
   const login = await call<{ access_token: string, refresh_token: string }>(app, { method: 'POST', url: '/auth/login', payload: { email, password } })
   if (login.statusCode !== 200) throw new Error(`login failed: ${JSON.stringify(login.body)}`)
   return { id: signup.body.id, email, password, accessToken: login.body.access_token, refreshToken: login.body.refresh_token }
+}
+
+/**
+ * An access token signed with the app's own key and settings, for tokens a
+ * login cannot make: already expired (`clockTimestamp` in the past) or short-lived.
+ */
+export function signAccessToken (app: FastifyInstance, claims: { sub: string, sid: string }, options: { expiresIn?: number, clockTimestamp?: number } = {}): string {
+  const jwt = (app.jwt as unknown as Record<string, JWT>).switchboard
+  if (jwt === undefined) throw new Error('the app has no switchboard JWT namespace')
+  return jwt.sign(claims, options)
+}
+
+/** The claims of a JWT, read without verifying it. */
+export function jwtClaims (token: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>
+}
+
+/**
+ * Signing and verification for domain tests, without a Fastify instance:
+ * fast-jwt (the library under @fastify/jwt) configured exactly as
+ * plugins/auth.ts configures @fastify/jwt. Keep the two in step.
+ */
+export function pluginJwt ({ secret = TEST_JWT_SECRET, issuer = 'switchboard', audience = 'switchboard', ttlSeconds = 900 }: {
+  secret?: string, issuer?: string, audience?: string, ttlSeconds?: number
+} = {}): JwtFunctions {
+  const sign = createSigner({
+    key: secret,
+    algorithm: 'HS256',
+    iss: issuer,
+    aud: audience,
+    expiresIn: ttlSeconds * 1000, // @fastify/jwt turns its seconds into fast-jwt's milliseconds
+    header: { alg: 'HS256', typ: 'at+jwt' }
+  })
+  const verify = createVerifier({
+    key: secret,
+    algorithms: ['HS256'],
+    allowedIss: issuer,
+    allowedAud: audience,
+    requiredClaims: ['sub', 'sid', 'iat', 'exp', 'iss', 'aud'],
+    checkTyp: 'at+jwt'
+  })
+  return { sign: (payload) => sign(payload), verify: (token) => verify(token) }
+}
+
+/** A frame the server sent as JSON. */
+export interface ServerFrame {
+  type: string
+  [key: string]: unknown
+}
+
+export interface WsClose {
+  code: number
+  reason: string
+}
+
+export interface WsConnectOptions {
+  /** The access token, sent as `Authorization: Bearer` (default) or as `?token=`. */
+  token?: string
+  via?: 'header' | 'query'
+  format?: 'json' | 'text'
+  origin?: string
+  headers?: Record<string, string>
+}
+
+/** How long a test waits for a frame or a close before it fails. */
+const WS_WAIT_MS = 3_000
+
+/** A real `ws` client that queues what the server sends, for tests to read in order. */
+export interface WsClient {
+  readonly socket: WebSocket
+  /** The next frame as text; fails the test if none comes in time or the socket closes. */
+  next (): Promise<string>
+  /** The next frame, parsed as JSON. */
+  nextJson (): Promise<ServerFrame>
+  /** Skips frames until one of `type` arrives. */
+  nextOfType (type: string): Promise<ServerFrame>
+  send (data: string | Buffer | object): void
+  /** The close code and reason the socket ended with (waits for the close, `timeoutMs` at most). */
+  closed (timeoutMs?: number): Promise<WsClose>
+  /** Closes from the client side, if still open, and waits for the close. */
+  close (): Promise<void>
+}
+
+function wsAddress (wsUrl: string, { token, via = 'header', format }: WsConnectOptions): string {
+  const url = new URL('/ws', wsUrl)
+  if (token !== undefined && via === 'query') url.searchParams.set('token', token)
+  if (format !== undefined) url.searchParams.set('format', format)
+  return url.toString()
+}
+
+function wsHeaders ({ token, via = 'header', origin, headers }: WsConnectOptions): Record<string, string> {
+  return {
+    ...(token !== undefined && via === 'header' ? { authorization: `Bearer ${token}` } : {}),
+    ...(origin !== undefined ? { origin } : {}),
+    ...headers
+  }
+}
+
+/** Opens `GET /ws`; the client is closed when the test ends. Rejects if the upgrade is refused. */
+export async function connectWs (t: Test, wsUrl: string, options: WsConnectOptions = {}): Promise<WsClient> {
+  const socket = new WebSocket(wsAddress(wsUrl, options), { headers: wsHeaders(options) })
+  const frames: string[] = []
+  const watchers = new Set<() => void>()
+  let closeInfo: WsClose | undefined
+  const notify = (): void => { for (const watcher of [...watchers]) watcher() }
+
+  // Listeners go on before the handshake ends, so the welcome frame is never missed.
+  socket.on('message', (data: RawData, isBinary: boolean) => {
+    const buffer = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)
+    frames.push(isBinary ? `<binary ${buffer.length} bytes>` : buffer.toString('utf8'))
+    notify()
+  })
+  socket.on('close', (code: number, reason: Buffer) => {
+    closeInfo = { code, reason: reason.toString('utf8') }
+    notify()
+  })
+  // The close event reports what happened; errors (a 1009 from the server, say) need no other handling.
+  socket.on('error', () => {})
+
+  /** Resolves with the first defined `check()` result, re-checked whenever something arrives. */
+  function waitFor<T> (what: string, check: () => T | undefined, timeoutMs = WS_WAIT_MS): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        watchers.delete(attempt)
+        reject(new Error(`no ${what} within ${timeoutMs} ms (unread frames: ${JSON.stringify(frames)})`))
+      }, timeoutMs)
+      function attempt (): void {
+        let value: T | undefined
+        try {
+          value = check()
+        } catch (error) {
+          clearTimeout(timer)
+          watchers.delete(attempt)
+          reject(error)
+          return
+        }
+        if (value === undefined) return
+        clearTimeout(timer)
+        watchers.delete(attempt)
+        resolve(value)
+      }
+      watchers.add(attempt)
+      attempt()
+    })
+  }
+
+  function takeFrame (what: string): string | undefined {
+    const frame = frames.shift()
+    if (frame !== undefined) return frame
+    if (closeInfo !== undefined) throw new Error(`socket closed (${closeInfo.code} ${closeInfo.reason}) while waiting for ${what}`)
+    return undefined
+  }
+
+  function parse (frame: string): ServerFrame {
+    const value: unknown = JSON.parse(frame)
+    if (typeof value !== 'object' || value === null || typeof (value as { type?: unknown }).type !== 'string') {
+      throw new Error(`not a JSON frame with a type: ${frame}`)
+    }
+    return value as ServerFrame
+  }
+
+  const client: WsClient = {
+    socket,
+    next: () => waitFor('frame', () => takeFrame('a frame')),
+    nextJson: async () => parse(await client.next()),
+    nextOfType: (type) => waitFor(`"${type}" frame`, () => {
+      for (let frame = takeFrame(`a "${type}" frame`); frame !== undefined; frame = takeFrame(`a "${type}" frame`)) {
+        const parsed = parse(frame)
+        if (parsed.type === type) return parsed
+      }
+      return undefined
+    }),
+    send (data) {
+      socket.send(typeof data === 'string' || Buffer.isBuffer(data) ? data : JSON.stringify(data))
+    },
+    closed: (timeoutMs) => waitFor('close', () => closeInfo, timeoutMs),
+    async close () {
+      if (closeInfo !== undefined) return
+      if (socket.readyState === WebSocket.CONNECTING) socket.terminate()
+      else socket.close(1000)
+      await client.closed()
+    }
+  }
+  t.teardown(() => client.close())
+
+  await new Promise<void>((resolve, reject) => {
+    socket.once('open', () => resolve())
+    socket.once('unexpected-response', (request, response) => {
+      request.destroy()
+      reject(new Error(`upgrade refused with HTTP ${response.statusCode ?? '?'}`))
+    })
+    socket.once('close', (code: number) => reject(new Error(`socket closed (${code}) before it opened`)))
+  })
+  return client
+}
+
+/** Attempts `GET /ws` and expects it refused: the HTTP status and JSON body, with no upgrade. */
+export async function refusedUpgrade (wsUrl: string, options: WsConnectOptions = {}): Promise<{ statusCode: number, body: unknown }> {
+  const socket = new WebSocket(wsAddress(wsUrl, options), { headers: wsHeaders(options) })
+  socket.on('error', () => {})
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { socket.terminate(); reject(new Error(`no answer to the upgrade within ${WS_WAIT_MS} ms`)) }, WS_WAIT_MS)
+    socket.once('open', () => {
+      clearTimeout(timer)
+      socket.terminate()
+      reject(new Error('the upgrade was accepted'))
+    })
+    socket.once('unexpected-response', (request, response) => {
+      const chunks: Buffer[] = []
+      response.on('data', (chunk: Buffer) => chunks.push(chunk))
+      response.on('end', () => {
+        clearTimeout(timer)
+        request.destroy()
+        const text = Buffer.concat(chunks).toString('utf8')
+        let body: unknown = text
+        try { body = JSON.parse(text) } catch {}
+        resolve({ statusCode: response.statusCode ?? 0, body })
+      })
+    })
+  })
+}
+
+/**
+ * Loads the docs UI page at `url` (following a redirect) and every asset it
+ * links to, as a browser would: their paths and statuses.
+ */
+export async function loadDocsUi (app: FastifyInstance, url: string): Promise<{ statusCode: number, contentType: string, body: string, assets: Array<{ url: string, statusCode: number }> }> {
+  let pageUrl = new URL(url, 'http://localhost')
+  let page = await app.inject({ method: 'GET', url: pageUrl.pathname })
+  if (page.statusCode >= 300 && page.statusCode < 400) {
+    pageUrl = new URL(String(page.headers.location), pageUrl)
+    page = await app.inject({ method: 'GET', url: pageUrl.pathname })
+  }
+  const links = [...page.body.matchAll(/(?:href|src)="([^"]+)"/g)].map((match) => new URL(match[1] ?? '', pageUrl).pathname)
+  const assets = await Promise.all(links.map(async (link) => ({ url: link, statusCode: (await app.inject({ method: 'GET', url: link })).statusCode })))
+  return { statusCode: page.statusCode, contentType: String(page.headers['content-type']), body: page.body, assets }
 }
