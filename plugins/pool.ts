@@ -29,6 +29,9 @@ export default fp(async function poolPlugin (fastify) {
     onError: (error) => fastify.log.error({ err: error }, 'websocket frame failed')
   })
   fastify.decorate('switchboardChat', chat)
+  fastify.switchboardAuth.onSessionRevoked((userId, sessionId) => {
+    chat.registry.closeSession(userId, sessionId, CLOSE_CODES.policy, 'session ended')
+  })
   // Also covers a host app's @fastify/websocket, whose own preClose does not know our codes.
   fastify.addHook('preClose', async () => {
     chat.registry.closeAll(CLOSE_CODES.goingAway, 'server shutting down')

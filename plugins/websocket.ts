@@ -11,6 +11,12 @@ export default fp(async function websocketPlugin (fastify) {
   if (fastify.hasDecorator('websocketServer')) return
   await fastify.register(fastifyWebsocket, {
     options: { maxPayload: fastify.switchboardConfig.wsMaxPayload, perMessageDeflate: false },
+    // A socket error (an oversize or malformed frame, a peer gone away) is the client's
+    // doing: ws is already closing the socket with the right code, so let it finish.
+    errorHandler (error, socket, request) {
+      request.log.warn({ err: error }, 'websocket error')
+      if (socket.readyState === socket.OPEN) socket.close(CLOSE_CODES.internalError, 'internal error')
+    },
     preClose (done) {
       for (const client of this.websocketServer.clients) client.close(CLOSE_CODES.goingAway, 'server shutting down')
       this.websocketServer.close(() => done())

@@ -3,7 +3,6 @@ import createError from '@fastify/error'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import Type from 'typebox'
 import { normalizeEmail } from '../src/auth.js'
-import { CLOSE_CODES } from '../src/protocol.js'
 import { EmailSchema, ErrorSchema, NameSchema, PasswordSchema, TokensSchema, UserSchema } from '../src/schemas.js'
 
 const AccountRateLimitedError = createError('RATE_LIMITED', 'too many attempts for this account, retry in %s s', 429)
@@ -74,13 +73,12 @@ export default (async function authRoutes (fastify) {
     schema: {
       tags: ['auth'],
       summary: 'End the session of a refresh token',
-      description: 'Revokes the session: its refresh tokens stop working and its open WebSockets on this node close with 1008.',
+      description: 'Revokes the session: its refresh tokens stop working, its access tokens no longer open WebSockets, and its open WebSockets on this node close with 1008.',
       body: RefreshTokenBody,
       response: { 204: Type.Null(), 400: ErrorSchema, 401: ErrorSchema, 415: ErrorSchema, 429: ErrorSchema }
     }
   }, async (request, reply) => {
-    const { userId, sessionId } = await auth.logout(request.body.refresh_token)
-    fastify.switchboardChat.registry.closeSession(userId, sessionId, CLOSE_CODES.policy, 'session ended')
+    await auth.logout(request.body.refresh_token)
     return reply.code(204).send(null)
   })
 }) satisfies FastifyPluginAsyncTypebox

@@ -45,8 +45,10 @@ export default (async function wsRoutes (fastify) {
       const token = requestToken(request, { allowQuery: true })
       if (token === null) throw new UnauthorizedError(INVALID_TOKEN, 'an access token is required: Authorization: Bearer <token> or ?token=')
       const identity = auth.verifyAccessToken(token)
-      const user = await users.findById(identity.userId)
+      const [user, sessionLive] = await Promise.all([users.findById(identity.userId), auth.isSessionLive(identity.sessionId)])
       if (user === null) throw new UnauthorizedError(INVALID_TOKEN, 'the account of this token no longer exists')
+      // A socket outlives its token's checks by hours: a logged-out session must not open new ones.
+      if (!sessionLive) throw new UnauthorizedError(INVALID_TOKEN, 'the session of this token has ended')
       request.identity = identity
       profiles.set(request, toPublicUser(user))
     }
@@ -61,6 +63,5 @@ export default (async function wsRoutes (fastify) {
     const session = chat.open(socket, { user, identity, format: request.query.format })
     socket.on('message', session.receive)
     socket.on('close', session.closed)
-    socket.on('error', (error) => request.log.warn({ err: error }, 'websocket error'))
   })
 }) satisfies FastifyPluginAsyncTypebox

@@ -30,7 +30,15 @@ export interface AuthDependencies {
   refreshTokenTtlSeconds: number
 }
 
+export type SessionRevokedListener = (userId: number, sessionId: string) => void
+
 export function createAuthService ({ users, refreshTokens, passwords, accessTokens, refreshTokenTtlSeconds }: AuthDependencies) {
+  const revokedListeners: SessionRevokedListener[] = []
+
+  function sessionRevoked (userId: number, sessionId: string): void {
+    for (const listener of revokedListeners) listener(userId, sessionId)
+  }
+
   function invalidRefreshToken (): UnauthorizedError {
     return new UnauthorizedError(INVALID_REFRESH_TOKEN, 'refresh token is invalid, expired or already used')
   }
@@ -68,21 +76,29 @@ export function createAuthService ({ users, refreshTokens, passwords, accessToke
     async refresh (refreshToken: string): Promise<Tokens> {
       const next = newRefreshToken()
       const result = await refreshTokens.rotate(hashRefreshToken(refreshToken), hashRefreshToken(next), refreshExpiry())
+      if (result.status === 'reused') sessionRevoked(result.userId, result.familyId)
       if (result.status !== 'rotated') throw invalidRefreshToken()
       return tokens(result.userId, result.familyId, next)
     },
 
-    /** Ends the session the token belongs to; returns it so live sockets can be closed. */
+    /** Ends the session the token belongs to (listeners are told, so its sockets close). */
     async logout (refreshToken: string): Promise<{ userId: number, sessionId: string }> {
       const result = await refreshTokens.revoke(hashRefreshToken(refreshToken))
+      if (result.status !== 'invalid') sessionRevoked(result.userId, result.familyId)
       if (result.status !== 'revoked') throw invalidRefreshToken()
       return { userId: result.userId, sessionId: result.familyId }
     },
 
     verifyAccessToken: accessTokens.verify,
 
+    /** Whether a session still exists: access tokens of a logged-out or revoked session do not open sockets. */
     async isSessionLive (sessionId: string): Promise<boolean> {
       return refreshTokens.isFamilyLive(sessionId)
+    },
+
+    /** Called whenever a session ends: logout, or reuse of a spent refresh token. */
+    onSessionRevoked (listener: SessionRevokedListener): void {
+      revokedListeners.push(listener)
     }
   }
 }

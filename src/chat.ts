@@ -41,6 +41,8 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
     const bucket = createTokenBucket({ ratePerSecond: limits.messageRate, burst: limits.messageBurst })
     let expiresAt = identity.expiresAt
     let expiryTimer: NodeJS.Timeout | undefined
+    /** Set once we or the peer start closing: no frame is handled after that. */
+    let closing = false
     let closed = false
     // Frames are handled strictly in arrival order, even when one must wait on a store.
     let pending: Promise<void> | undefined
@@ -50,7 +52,11 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
       sessionId: identity.sessionId,
       format,
       send: (data) => { if (!closed) socket.send(data) },
-      close: (code, reason) => { if (!closed) socket.close(code, reason) }
+      close: (code, reason) => {
+        if (closing) return
+        closing = true
+        socket.close(code, reason)
+      }
     }
 
     function sendJson (frame: string): void {
@@ -108,6 +114,8 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
         return
       }
       expiresAt = next.expiresAt
+      // A token from a newer login moves the socket to that session (its logout closes it).
+      connection.sessionId = next.sessionId
       armExpiry()
       sendJson(welcomeFrame(user, expiresAt))
     }
@@ -122,7 +130,7 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
     }
 
     function process (data: string): void | Promise<void> {
-      if (closed) return
+      if (closing) return
       const parsed = parseClientFrame(data, { maxChars: limits.messageMaxChars })
       if (!parsed.ok) return sendError(parsed)
       return handle(parsed.frame)
@@ -149,7 +157,7 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
 
       /** One frame from the client; binary frames are refused. */
       receive (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
-        if (closed) return
+        if (closing) return
         if (!bucket.take()) {
           sendError({ code: 'RATE_LIMITED', message: 'too many frames; slow down' })
           return
@@ -177,6 +185,7 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
       closed (): void {
         if (closed) return
         closed = true
+        closing = true
         clearTimeout(expiryTimer)
         registry.remove(connection)
       }

@@ -114,6 +114,14 @@ function describe (option: string): string {
   return variable === undefined ? `option "${option}"` : `${variable} (option "${option}")`
 }
 
+/** "a, b or c" when an option only takes a few literal values, otherwise null. */
+function allowedValues (schema: TSchema, option: string): string | null {
+  const property = (schema as { properties?: Record<string, { anyOf?: Array<{ const?: unknown }> }> }).properties?.[option]
+  const values = property?.anyOf?.map((branch) => branch.const)
+  if (values === undefined || values.some((value) => value === undefined)) return null
+  return values.map(String).join(', ')
+}
+
 function validated<T> (schema: TSchema, input: object): T {
   const value = Value.Default(schema, structuredClone(input)) as object
   const [first] = Value.Errors(schema, value)
@@ -121,7 +129,8 @@ function validated<T> (schema: TSchema, input: object): T {
     const unknown = first.keyword === 'additionalProperties' || first.keyword === 'boolean'
     const option = first.instancePath.split('/')[1] ?? ''
     if (unknown) throw new ConfigError(`unknown ${describe(option || 'option')}`)
-    throw new ConfigError(`${describe(option)} ${first.message}`)
+    const choices = allowedValues(schema, option)
+    throw new ConfigError(`${describe(option)} ${choices === null ? first.message : `must be one of ${choices}`}`)
   }
   return value as T
 }

@@ -3,7 +3,8 @@ import type { OutputFormat } from './protocol.js'
 /** What the registry needs of a live socket. */
 export interface Connection {
   readonly userId: number
-  readonly sessionId: string
+  /** The login session whose token the socket holds; a `refresh` frame may move it to another. */
+  sessionId: string
   readonly format: OutputFormat
   send (data: string): void
   close (code: number, reason: string): void

@@ -1,0 +1,87 @@
+import { test } from 'tap'
+import { MAX_NODE_ID, createIdGenerator, idTime } from '../../src/ids.js'
+
+const T = Date.UTC(2025, 5, 1, 12, 0, 0)
+
+/** A clock the test moves by hand. */
+function manualClock (start = T) {
+  const clock = { now: start, read: () => clock.now }
+  return clock
+}
+
+test('ids are decimal strings that strictly increase as BigInt through a burst of more than 4096 in one millisecond', async (t) => {
+  const clock = manualClock()
+  const ids = createIdGenerator({ nodeId: 7, clock: clock.read })
+  const made: string[] = []
+  for (let i = 0; i < 10_000; i++) made.push(ids.next())
+  t.ok(made.every((id) => /^[1-9]\d*$/.test(id)), 'plain decimal')
+  let increasing = true
+  for (let i = 1; i < made.length; i++) if (BigInt(made[i] as string) <= BigInt(made[i - 1] as string)) increasing = false
+  t.ok(increasing, 'each id is greater than the one before')
+  t.equal(new Set(made).size, made.length, 'no id repeats')
+})
+
+test('a burst borrows the next millisecond, and the real next millisecond continues after it', async (t) => {
+  const clock = manualClock()
+  const ids = createIdGenerator({ nodeId: 1, clock: clock.read })
+  const first = ids.next()
+  for (let i = 1; i < 4096; i++) ids.next()
+  const borrowed = ids.next()
+  t.equal(idTime(first), T)
+  t.equal(idTime(borrowed), T + 1, 'the 4097th id of one millisecond is stamped with the next')
+  clock.now = T + 1
+  const next = ids.next()
+  t.ok(BigInt(next) > BigInt(borrowed), 'the clock catching up does not repeat a borrowed id')
+})
+
+test('idTime returns the millisecond an id was made in', async (t) => {
+  const clock = manualClock()
+  const ids = createIdGenerator({ nodeId: MAX_NODE_ID, clock: clock.read })
+  t.equal(idTime(ids.next()), T)
+  clock.now = T + 12_345
+  t.equal(idTime(ids.next()), T + 12_345)
+
+  const real = createIdGenerator({ nodeId: 0 })
+  const before = Date.now()
+  const id = real.next()
+  const after = Date.now()
+  t.ok(idTime(id) >= before && idTime(id) <= after, 'with the default clock too')
+})
+
+test('ids sort by time across generators of different nodes', async (t) => {
+  const clock = manualClock()
+  const a = createIdGenerator({ nodeId: 5, clock: clock.read })
+  const b = createIdGenerator({ nodeId: 6, clock: clock.read })
+  const fromA = a.next()
+  const fromB = b.next()
+  t.not(fromA, fromB, 'two nodes in one millisecond make different ids')
+  clock.now = T + 1
+  const later = a.next()
+  t.ok(BigInt(later) > BigInt(fromB), 'a later millisecond sorts after any node\'s earlier one')
+})
+
+test('nodeId must be an integer from 0 to MAX_NODE_ID', async (t) => {
+  t.equal(MAX_NODE_ID, 1023)
+  for (const nodeId of [-1, MAX_NODE_ID + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY]) {
+    t.throws(() => createIdGenerator({ nodeId }), RangeError, `${nodeId} refused`)
+  }
+  t.doesNotThrow(() => createIdGenerator({ nodeId: 0 }))
+  t.doesNotThrow(() => createIdGenerator({ nodeId: MAX_NODE_ID }))
+})
+
+test('a clock going backwards never produces a smaller id', async (t) => {
+  const clock = manualClock()
+  const ids = createIdGenerator({ nodeId: 3, clock: clock.read })
+  let last = BigInt(ids.next())
+  let increasing = true
+  // Backwards by a second, then forwards but still behind, then back to the start, with bursts in between.
+  for (const now of [T - 1000, T - 500, T, T - 1, T + 1]) {
+    clock.now = now
+    for (let i = 0; i < 5000; i++) {
+      const id = BigInt(ids.next())
+      if (id <= last) increasing = false
+      last = id
+    }
+  }
+  t.ok(increasing, 'every id is greater than the one before')
+})
