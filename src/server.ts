@@ -13,12 +13,13 @@ export function redactUrl (url: string): string {
 
 /**
  * The Fastify server options of the standalone server. Tests build their
- * app with these same options.
+ * app with these same options (`logStream` lets them read the log lines).
  */
-export function serverOptions ({ logLevel, trustProxy }: Pick<ServerConfig, 'logLevel' | 'trustProxy'>): FastifyServerOptions {
+export function serverOptions ({ logLevel, trustProxy }: Pick<ServerConfig, 'logLevel' | 'trustProxy'>, { logStream }: { logStream?: NodeJS.WritableStream } = {}): FastifyServerOptions {
   return {
     logger: {
       level: logLevel,
+      ...(logStream === undefined ? {} : { stream: logStream }),
       serializers: {
         req (request: { method: string, url: string, host?: string, ip?: string, socket?: { remotePort?: number } }) {
           return { method: request.method, url: redactUrl(request.url), host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }
@@ -48,11 +49,13 @@ export async function start (env: NodeJS.ProcessEnv = process.env): Promise<Fast
   const { app: options, server } = readEnvironment(env)
   const app = await buildServer(server, options)
 
-  closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  const grace = closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'closing after an error')
     else app.log.info({ signal }, 'shutting down')
     await app.close()
   })
+  // Closed some other way (by an embedding script, a test), it leaves no process listeners behind.
+  app.addHook('onClose', async () => { grace.uninstall() })
 
   const address = await app.listen({ port: server.port, host: server.host })
   app.log.info(`Switchboard is listening on ${address} (API docs: ${address}/docs)`)
