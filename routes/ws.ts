@@ -38,7 +38,9 @@ export default (async function wsRoutes (fastify) {
         format: Type.Union([Type.Literal('json'), Type.Literal('text')], { default: 'json' })
       })
     },
-    onRequest: async (request) => {
+    // The limiter runs first, so refused upgrades (bad tokens, reconnect storms) count too.
+    config: { rateLimit: false },
+    onRequest: [fastify.rateLimit(), async (request) => {
       if (!isOriginAllowed(request.headers.origin, request.headers.host, wsAllowedOrigins)) {
         throw new ForbiddenError('ORIGIN_NOT_ALLOWED', 'this origin may not open a WebSocket here')
       }
@@ -51,7 +53,7 @@ export default (async function wsRoutes (fastify) {
       if (!sessionLive) throw new UnauthorizedError(INVALID_TOKEN, 'the session of this token has ended')
       request.identity = identity
       profiles.set(request, toPublicUser(user))
-    }
+    }]
   }, (socket, request) => {
     const user = profiles.get(request)
     const identity = request.identity
