@@ -102,6 +102,32 @@ export async function realBackendOptions (t: Test, backends: { mysqlUrl: string,
   }
 }
 
+type ErrorClass<E extends Error> = abstract new (...args: never[]) => E
+
+/** The error `fn` throws, checked to be a `type`; fails the test when it throws nothing. */
+export function thrown<E extends Error> (t: Test, fn: () => unknown, type: ErrorClass<E>): E {
+  try {
+    fn()
+  } catch (error) {
+    t.type(error, type)
+    return error as E
+  }
+  t.fail(`expected a ${type.name}`)
+  throw new Error(`expected a ${type.name}`)
+}
+
+/** The error `promise` rejects with, checked to be a `type`; fails the test when it resolves. */
+export async function rejection<E extends Error> (t: Test, promise: Promise<unknown>, type: ErrorClass<E>): Promise<E> {
+  try {
+    await promise
+  } catch (error) {
+    t.type(error, type)
+    return error as E
+  }
+  t.fail(`expected a ${type.name}`)
+  throw new Error(`expected a ${type.name}`)
+}
+
 /** The JSON body of an injected request. */
 export async function call<T = Record<string, unknown>> (app: FastifyInstance, options: InjectOptions): Promise<{ statusCode: number, body: T, headers: Record<string, unknown> }> {
   const response = await app.inject(options)

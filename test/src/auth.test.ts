@@ -1,11 +1,11 @@
-import { test, type Test } from 'tap'
+import { test } from 'tap'
 import { createAccessTokens } from '../../src/access-tokens.js'
 import { INVALID_CREDENTIALS, INVALID_REFRESH_TOKEN, createAuthService, hashRefreshToken } from '../../src/auth.js'
-import { ConflictError, DomainError, InvalidInputError, UnauthorizedError } from '../../src/errors.js'
+import { ConflictError, InvalidInputError, UnauthorizedError } from '../../src/errors.js'
 import { createPasswordHasher } from '../../src/passwords.js'
 import { createMemoryRefreshTokenStore } from '../../src/stores/refresh-tokens-memory.js'
 import { EMAIL_TAKEN, createMemoryUsersStore } from '../../src/stores/users-memory.js'
-import { pluginJwt } from '../helper.js'
+import { pluginJwt, rejection } from '../helper.js'
 
 const ACCESS_TTL = 900
 const PASSWORD = 'correct horse battery'
@@ -32,18 +32,6 @@ function setup () {
     refreshTokenTtlSeconds: 3600
   })
   return { auth, storedKeys }
-}
-
-/** The DomainError `promise` rejects with; fails the test when it resolves or rejects with something else. */
-async function rejection<E extends DomainError> (t: Test, promise: Promise<unknown>, type: new (...args: never[]) => E): Promise<E> {
-  try {
-    await promise
-  } catch (error) {
-    t.type(error, type)
-    return error as E
-  }
-  t.fail('expected a rejection')
-  throw new Error('expected a rejection')
 }
 
 test('signup normalizes the email and trims the name, and returns no hash', async (t) => {

@@ -1,20 +1,14 @@
 import { test, type Test } from 'tap'
 import { readEnvironment, resolveConfig, type ConfigInput } from '../../src/config.js'
 import { ConfigError } from '../../src/errors.js'
+import { thrown } from '../helper.js'
 
 const SECRET = 'a-test-secret-of-at-least-32-bytes!!'
 const local = { sharedState: false }
 
 /** The ConfigError `fn` throws; fails the test when it throws nothing or something else. */
 function configError (t: Test, fn: () => unknown): ConfigError {
-  try {
-    fn()
-  } catch (error) {
-    t.type(error, ConfigError)
-    return error as ConfigError
-  }
-  t.fail('expected a ConfigError')
-  return new ConfigError('none thrown')
+  return thrown(t, fn, ConfigError)
 }
 
 test('resolveConfig fills every default', async (t) => {

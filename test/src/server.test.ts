@@ -7,7 +7,7 @@ import WebSocket from 'ws'
 import switchboard from '../../src/app.js'
 import { ConfigError } from '../../src/errors.js'
 import { redactUrl, serverOptions, start } from '../../src/server.js'
-import { createUser, realBackends, TEST_SETTINGS } from '../helper.js'
+import { createUser, realBackends, rejection, TEST_SETTINGS } from '../helper.js'
 
 /** An environment for a quiet, quick server on a free port. */
 const BASE_ENV: NodeJS.ProcessEnv = {
@@ -24,18 +24,10 @@ function listenerCounts (): number[] {
   return GRACE_EVENTS.map((event) => process.listenerCount(event))
 }
 
-/** The ConfigError `promise` rejects with; fails the test otherwise. */
-async function configError (t: Test, promise: Promise<unknown>): Promise<ConfigError> {
-  try {
-    const app = await promise
-    // Started after all: close it so the test process can end.
-    if (typeof (app as FastifyInstance | undefined)?.close === 'function') await (app as FastifyInstance).close()
-  } catch (error) {
-    t.type(error, ConfigError)
-    return error as ConfigError
-  }
-  t.fail('expected a ConfigError')
-  return new ConfigError('none thrown')
+/** The ConfigError `starting` rejects with; fails the test otherwise. */
+async function configError (t: Test, starting: Promise<FastifyInstance>): Promise<ConfigError> {
+  // Started after all: close it so the test process can end.
+  return rejection(t, starting.then(async (app) => { await app.close() }), ConfigError)
 }
 
 test('start() reads the environment, listens, and closes cleanly', async (t) => {
