@@ -20,6 +20,7 @@ export default fp(async function poolPlugin (fastify) {
     registry: createConnectionRegistry(),
     userExists: async (userId) => (await users.findById(userId)) !== null,
     verifyAccessToken: fastify.switchboardAuth.verifyAccessToken,
+    isSessionLive: fastify.switchboardAuth.isSessionLive,
     nextMessageId: ids.next,
     limits: {
       messageMaxChars: config.messageMaxChars,

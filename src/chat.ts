@@ -18,6 +18,8 @@ export interface ChatDependencies {
   /** Whether a user id names an account (asked only for recipients with no live connection). */
   userExists: (userId: number) => Promise<boolean>
   verifyAccessToken: (token: string) => AccessTokenIdentity
+  /** Whether a login session still exists (not logged out, not revoked). */
+  isSessionLive: (sessionId: string) => Promise<boolean>
   nextMessageId: () => string
   limits: { messageMaxChars: number, messageRate: number, messageBurst: number }
   onError: (error: unknown) => void
@@ -36,7 +38,7 @@ const MAX_TIMER_MS = 2_147_483_647
  * Routes messages between connections on this node. `open` binds one socket
  * to a user and returns the handlers its events call.
  */
-export function createChat ({ registry, userExists, verifyAccessToken, nextMessageId, limits, onError }: ChatDependencies) {
+export function createChat ({ registry, userExists, verifyAccessToken, isSessionLive, nextMessageId, limits, onError }: ChatDependencies) {
   function open (socket: Socket, { user, identity, format }: OpenOptions) {
     const bucket = createTokenBucket({ ratePerSecond: limits.messageRate, burst: limits.messageBurst })
     let expiresAt = identity.expiresAt
@@ -101,7 +103,7 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
       else sendError({ code: 'UNKNOWN_USER', message: `user ${to} does not exist`, ref })
     }
 
-    function refresh (token: string): void {
+    async function refresh (token: string): Promise<void> {
       let next: AccessTokenIdentity
       try {
         next = verifyAccessToken(token)
@@ -111,6 +113,10 @@ export function createChat ({ registry, userExists, verifyAccessToken, nextMessa
       }
       if (next.userId !== user.id) {
         connection.close(CLOSE_CODES.policy, 'token belongs to another user')
+        return
+      }
+      if (!await isSessionLive(next.sessionId)) {
+        sendError({ code: 'BAD_FORMAT', message: 'the session of this token has ended' })
         return
       }
       expiresAt = next.expiresAt

@@ -62,11 +62,13 @@ async function settled (): Promise<void> {
 
 interface SetupOptions {
   userExists?: (userId: number) => Promise<boolean>
+  /** Sessions that have ended (logged out); every other session is live. */
+  endedSessions?: string[]
   messageRate?: number
   messageBurst?: number
 }
 
-function setup (t: Test, { userExists = async () => true, messageRate = 1000, messageBurst = 1000 }: SetupOptions = {}) {
+function setup (t: Test, { userExists = async () => true, endedSessions = [], messageRate = 1000, messageBurst = 1000 }: SetupOptions = {}) {
   const registry = createConnectionRegistry()
   const errors: unknown[] = []
   const asked: number[] = []
@@ -77,6 +79,7 @@ function setup (t: Test, { userExists = async () => true, messageRate = 1000, me
       return userExists(userId)
     },
     verifyAccessToken: accessTokens.verify,
+    isSessionLive: async (sessionId) => !endedSessions.includes(sessionId),
     nextMessageId: createIdGenerator({ nodeId: 1 }).next,
     limits: { messageMaxChars: 4000, messageRate, messageBurst },
     onError: (error) => { errors.push(error) }
@@ -283,6 +286,7 @@ test('a text-format session gets only "from:text" and "error:CODE"', async (t) =
   alice.send('2:hi bob')
   alice.send({ type: 'ping' })
   alice.send({ type: 'refresh', token: accessTokens.issue(1, 'session-of-1').token })
+  await settled()
   t.strictSame(alice.socket.sent, [], 'no ack, no pong, no welcome after refresh')
   t.match(frames(bob.socket), [{ type: 'message', from: 1, text: 'hi bob' }], 'though the message went out')
   bob.send('1:hi alice')
@@ -299,6 +303,7 @@ test('refresh with a token of the same user sends a new welcome with the new exp
   const next = accessTokens.issue(1, 'session-of-1').token
   const nextExpiry = accessTokens.verify(next).expiresAt
   alice.send({ type: 'refresh', token: next })
+  await alice.socket.sentCount(1)
   t.strictSame(frames(alice.socket), [{ type: 'welcome', user: publicUser(1), expiresAt: new Date(nextExpiry).toISOString() }])
   t.not(new Date(nextExpiry).toISOString(), new Date(soon).toISOString())
 })
@@ -320,12 +325,23 @@ test('refresh with another user\'s token closes with 1008', async (t) => {
   t.strictSame(alice.socket.sent, [], 'and no welcome')
 })
 
+test('refresh with a token of an ended session is an error and changes nothing', async (t) => {
+  const { connect } = setup(t, { endedSessions: ['logged-out'] })
+  const alice = connect(1, { identity: { userId: 1, sessionId: 'session-of-1', expiresAt: Date.now() + 60_000 } })
+  alice.send({ type: 'refresh', token: accessTokens.issue(1, 'logged-out').token })
+  await alice.socket.sentCount(1)
+  t.match(frames(alice.socket), [{ type: 'error', code: 'BAD_FORMAT', message: /session/ }])
+  t.equal(alice.session.connection.sessionId, 'session-of-1', 'the socket stays in its own session')
+  t.strictSame(alice.socket.closes, [])
+})
+
 test('refresh with an invalid token is an error and keeps the socket', async (t) => {
   const { connect } = setup(t)
   const alice = connect(1)
   alice.send({ type: 'refresh', token: 'not.a.token' })
   const foreign = createAccessTokens({ jwt: pluginJwt({ secret: 'another-key-that-is-also-32-bytes-long' }), ttlSeconds: 900 })
   alice.send({ type: 'refresh', token: foreign.issue(1, 'session-of-1').token })
+  await alice.socket.sentCount(2)
   t.match(frames(alice.socket), [{ type: 'error', code: 'BAD_FORMAT' }, { type: 'error', code: 'BAD_FORMAT' }])
   t.strictSame(alice.socket.closes, [])
 })
