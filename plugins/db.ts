@@ -1,6 +1,8 @@
 import fastifyMysql, { type MySQLPromisePool } from '@fastify/mysql'
 import fp from 'fastify-plugin'
 import type { Pool } from 'mysql2/promise'
+import { createMemoryMessageStore, REF_WINDOW_MS, type MessageStore } from '../src/stores/messages-memory.js'
+import { createMysqlMessageStore } from '../src/stores/messages-mysql.js'
 import { migrate } from '../src/stores/migrate.js'
 import { createMemoryUsersStore, type UsersStore } from '../src/stores/users-memory.js'
 import { createMysqlUsersStore } from '../src/stores/users-mysql.js'
@@ -8,6 +10,7 @@ import { createMysqlUsersStore } from '../src/stores/users-mysql.js'
 export interface Database {
   backend: 'memory' | 'mysql'
   users: UsersStore
+  messages: MessageStore
   /** Resolves when the backend answers; rejects otherwise. */
   check (): Promise<void>
 }
@@ -23,7 +26,10 @@ export interface DbPluginOptions {
   pool?: Pool
 }
 
-/** Durable stores: MySQL/MariaDB when configured (migrated at start-up), memory otherwise. */
+/** How often refs past the resend window are cleared. */
+const FORGET_REFS_EVERY_MS = 60_000
+
+/** Durable stores (users, messages): MySQL/MariaDB when configured (migrated at start-up), memory otherwise. */
 export default fp<DbPluginOptions>(async function dbPlugin (fastify, { pool: hostPool }) {
   const { mysqlUrl } = fastify.switchboardConfig
   let pool = hostPool
@@ -42,17 +48,32 @@ export default fp<DbPluginOptions>(async function dbPlugin (fastify, { pool: hos
     pool = (fastify as unknown as { mysql: Record<string, MySQLPromisePool> }).mysql.switchboard?.pool
   }
 
+  let database: Database
   if (pool === undefined) {
-    fastify.decorate('switchboardDb', { backend: 'memory', users: createMemoryUsersStore(), check: async () => {} })
-    return
+    database = {
+      backend: 'memory',
+      users: createMemoryUsersStore(),
+      messages: createMemoryMessageStore(),
+      check: async () => {}
+    }
+  } else {
+    const result = await migrate(pool)
+    if (result.applied.length > 0) fastify.log.info({ applied: result.applied }, 'database migrations applied')
+    const connected = pool
+    database = {
+      backend: 'mysql',
+      users: createMysqlUsersStore(connected),
+      messages: createMysqlMessageStore(connected),
+      check: async () => { await connected.query('SELECT 1') }
+    }
   }
+  fastify.decorate('switchboardDb', database)
 
-  const result = await migrate(pool)
-  if (result.applied.length > 0) fastify.log.info({ applied: result.applied }, 'database migrations applied')
-  const connected = pool
-  fastify.decorate('switchboardDb', {
-    backend: 'mysql',
-    users: createMysqlUsersStore(connected),
-    check: async () => { await connected.query('SELECT 1') }
-  })
+  // Client refs identify resends for 24 hours; past that they are cleared.
+  const forgetting = setInterval(() => {
+    database.messages.forgetRefsBefore(Date.now() - REF_WINDOW_MS)
+      .catch((error: unknown) => fastify.log.warn({ err: error }, 'clearing old message refs failed'))
+  }, FORGET_REFS_EVERY_MS)
+  forgetting.unref()
+  fastify.addHook('onClose', async () => { clearInterval(forgetting) })
 }, { fastify: '5.x', name: 'switchboard-db', dependencies: ['switchboard-config'] })

@@ -1,9 +1,11 @@
 import { randomInt } from 'node:crypto'
 import fp from 'fastify-plugin'
+import { createBatcher } from '../src/batcher.js'
 import { createChat, type Chat } from '../src/chat.js'
 import { createConnectionRegistry } from '../src/connections.js'
 import { createIdGenerator, MAX_NODE_ID } from '../src/ids.js'
 import { CLOSE_CODES } from '../src/protocol.js'
+import type { SaveOutcome, StoredMessage } from '../src/stores/messages-memory.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -12,16 +14,47 @@ declare module 'fastify' {
   }
 }
 
+/** Rows per INSERT at most; bigger bursts are split. */
+const MAX_BATCH = 1000
+/**
+ * Text per INSERT at most, in UTF-16 units (up to 3 bytes of UTF-8 each):
+ * well under MariaDB's default 16 MiB max_allowed_packet.
+ */
+const MAX_BATCH_TEXT = 2_000_000
+/** How long shutdown waits for sockets to finish closing before it stops waiting. */
+const CLOSE_WAIT_MS = 3000
+/** Known user ids remembered, so messages to offline users rarely ask the database. */
+const KNOWN_USERS_CAP = 100_000
+
 export default fp(async function poolPlugin (fastify) {
   const config = fastify.switchboardConfig
-  const users = fastify.switchboardDb.users
+  const { users, messages } = fastify.switchboardDb
   const ids = createIdGenerator({ nodeId: randomInt(MAX_NODE_ID + 1) })
+  const batcher = createBatcher<StoredMessage, SaveOutcome>({
+    flush: messages.save,
+    maxBatch: MAX_BATCH,
+    maxWeight: MAX_BATCH_TEXT,
+    weigh: (message) => message.text.length + (message.ref?.length ?? 0)
+  })
+  // Accounts are never deleted, so a user once found stays found.
+  const knownUsers = new Set<number>()
+
+  async function userExists (userId: number): Promise<boolean> {
+    if (knownUsers.has(userId)) return true
+    const found = (await users.findById(userId)) !== null
+    if (found && knownUsers.size < KNOWN_USERS_CAP) knownUsers.add(userId)
+    return found
+  }
+
+  const registry = createConnectionRegistry()
   const chat = createChat({
-    registry: createConnectionRegistry(),
-    userExists: async (userId) => (await users.findById(userId)) !== null,
+    registry,
+    userExists,
     verifyAccessToken: fastify.switchboardAuth.verifyAccessToken,
     isSessionLive: fastify.switchboardAuth.isSessionLive,
     nextMessageId: ids.next,
+    saveMessage: batcher.add,
+    messages,
     limits: {
       messageMaxChars: config.messageMaxChars,
       messageRate: config.wsMessageRate,
@@ -31,10 +64,16 @@ export default fp(async function poolPlugin (fastify) {
   })
   fastify.decorate('switchboardChat', chat)
   fastify.switchboardAuth.onSessionRevoked((userId, sessionId) => {
-    chat.registry.closeSession(userId, sessionId, CLOSE_CODES.policy, 'session ended')
+    registry.closeSession(userId, sessionId, CLOSE_CODES.policy, 'session ended')
   })
+
   // Also covers a host app's @fastify/websocket, whose own preClose does not know our codes.
+  // Messages being stored and cursors being written finish before the stores close.
   fastify.addHook('preClose', async () => {
-    chat.registry.closeAll(CLOSE_CODES.goingAway, 'server shutting down')
+    registry.closeAll(CLOSE_CODES.goingAway, 'server shutting down')
+    const deadline = Date.now() + CLOSE_WAIT_MS
+    while (registry.connectionCount > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+    await batcher.drain()
+    await chat.drain()
   })
 }, { fastify: '5.x', name: 'switchboard-pool', dependencies: ['switchboard-config', 'switchboard-db', 'switchboard-auth'] })

@@ -20,6 +20,7 @@ export default fp(async function swaggerPlugin (fastify) {
       tags: [
         { name: 'auth', description: 'Accounts and tokens' },
         { name: 'users', description: 'Profiles and presence' },
+        { name: 'messages', description: 'Conversation history' },
         { name: 'health', description: 'Liveness and readiness' }
       ],
       components: {

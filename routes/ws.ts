@@ -3,7 +3,7 @@ import type { FastifyRequest, LogLevel } from 'fastify'
 import Type from 'typebox'
 import { INVALID_TOKEN } from '../src/access-tokens.js'
 import { ForbiddenError, UnauthorizedError } from '../src/errors.js'
-import { toPublicUser, type PublicUser } from '../src/schemas.js'
+import { MessageIdSchema, toPublicUser, type PublicUser } from '../src/schemas.js'
 import { requestToken } from '../plugins/auth.js'
 
 /** Whether a browser page at `origin` may open a socket here. */
@@ -35,7 +35,8 @@ export default (async function wsRoutes (fastify) {
       hide: true,
       querystring: Type.Object({
         token: Type.Optional(Type.String()),
-        format: Type.Union([Type.Literal('json'), Type.Literal('text')], { default: 'json' })
+        format: Type.Union([Type.Literal('json'), Type.Literal('text')], { default: 'json' }),
+        since: Type.Optional(MessageIdSchema)
       })
     },
     // The limiter runs first, so refused upgrades (bad tokens, reconnect storms) count too.
@@ -62,7 +63,8 @@ export default (async function wsRoutes (fastify) {
       return
     }
     // Listeners go on before anything else, so no early frame is missed.
-    const session = chat.open(socket, { user, identity, format: request.query.format })
+    const { format, since } = request.query
+    const session = chat.open(socket, since === undefined ? { user, identity, format } : { user, identity, format, since })
     socket.on('message', session.receive)
     socket.on('close', session.closed)
   })

@@ -13,6 +13,7 @@ import validationPlugin from '../plugins/validation.js'
 import websocketPlugin from '../plugins/websocket.js'
 import authRoutes from '../routes/auth.js'
 import healthRoutes from '../routes/health.js'
+import messagesRoutes from '../routes/messages.js'
 import usersRoutes from '../routes/users.js'
 import wsRoutes from '../routes/ws.js'
 import type { ConfigInput } from './config.js'
@@ -60,6 +61,7 @@ const switchboard: FastifyPluginAsync<SwitchboardOptions> = async function switc
   await fastify.register(healthRoutes)
   await fastify.register(authRoutes)
   await fastify.register(usersRoutes)
+  await fastify.register(messagesRoutes)
   await fastify.register(wsRoutes)
 
   fastify.setNotFoundHandler({ preHandler: fastify.rateLimit() }, (request) => {

@@ -1,17 +1,26 @@
 import type { AccessTokenIdentity } from './access-tokens.js'
 import type { Connection, ConnectionRegistry } from './connections.js'
+import { compareIds } from './ids.js'
 import {
   CLOSE_CODES, PONG_FRAME, ackFrame, encodeMessage, errorFrame, parseClientFrame, welcomeFrame,
-  type ClientFrame, type OutputFormat, type ProtocolError
+  type ClientFrame, type EncodedMessage, type OutputFormat, type ProtocolError
 } from './protocol.js'
 import type { PublicUser } from './schemas.js'
+import type { MessageStore, SaveOutcome, StoredMessage } from './stores/messages-memory.js'
 import { createTokenBucket } from './token-bucket.js'
 
 /** The socket as the chat sees it: the `ws` WebSocket satisfies this. */
 export interface Socket {
+  readonly readyState: number
   send (data: string): void
   close (code: number, reason: string): void
 }
+
+/** `WebSocket.OPEN`: only an open socket counts as having received a message. */
+const OPEN = 1
+
+/** Messages read from the store per query while replaying. */
+const REPLAY_PAGE = 500
 
 export interface ChatDependencies {
   registry: ConnectionRegistry
@@ -21,6 +30,9 @@ export interface ChatDependencies {
   /** Whether a login session still exists (not logged out, not revoked). */
   isSessionLive: (sessionId: string) => Promise<boolean>
   nextMessageId: () => string
+  /** Stores one message durably (the caller batches); resolves once it is stored. */
+  saveMessage: (message: StoredMessage) => Promise<SaveOutcome>
+  messages: Pick<MessageStore, 'since' | 'seenThrough' | 'markSeen'>
   limits: { messageMaxChars: number, messageRate: number, messageBurst: number }
   onError: (error: unknown) => void
 }
@@ -29,32 +41,75 @@ export interface OpenOptions {
   user: PublicUser
   identity: AccessTokenIdentity
   format: OutputFormat
+  /** Replay everything to or from the user after this message id, then go live. */
+  since?: string
 }
 
 /** Timers longer than this overflow Node's 32-bit delay; re-armed when they fire early. */
 const MAX_TIMER_MS = 2_147_483_647
 
 /**
- * Routes messages between connections on this node. `open` binds one socket
- * to a user and returns the handlers its events call.
+ * Routes messages between connections on this node. A message is stored
+ * before it is acknowledged or delivered; a connection first replays what
+ * its user missed, then goes live. `open` binds one socket to a user and
+ * returns the handlers its events call.
  */
-export function createChat ({ registry, userExists, verifyAccessToken, isSessionLive, nextMessageId, limits, onError }: ChatDependencies) {
-  function open (socket: Socket, { user, identity, format }: OpenOptions) {
+export function createChat (dependencies: ChatDependencies) {
+  const { registry, userExists, verifyAccessToken, isSessionLive, nextMessageId, saveMessage, messages, limits, onError } = dependencies
+  /** Per online user: the newest message one of their sockets received (or had acknowledged). */
+  const newestReceived = new Map<number, string>()
+  /**
+   * Users one of whose connections is still replaying from their cursor. Until
+   * one finishes, the cursor must not move (a live message may be newer than
+   * a missed one not yet replayed), and further connections catch up too.
+   */
+  const catchingUp = new Set<number>()
+  /** Cursor writes still in flight, so shutdown can wait for them. */
+  const cursorWrites = new Set<Promise<void>>()
+
+  function received (userId: number, id: string): void {
+    const newest = newestReceived.get(userId)
+    if (newest === undefined || compareIds(newest, id) < 0) newestReceived.set(userId, id)
+  }
+
+  /** The user's last socket closed: remember how far they got, for the next connection. */
+  function wentOffline (userId: number): void {
+    const newest = newestReceived.get(userId)
+    newestReceived.delete(userId)
+    if (catchingUp.delete(userId) || newest === undefined) return
+    const write: Promise<void> = messages.markSeen(userId, newest)
+      .catch(onError)
+      .finally(() => { cursorWrites.delete(write) })
+    cursorWrites.add(write)
+  }
+
+  function open (socket: Socket, { user, identity, format, since }: OpenOptions) {
     const bucket = createTokenBucket({ ratePerSecond: limits.messageRate, burst: limits.messageBurst })
     let expiresAt = identity.expiresAt
     let expiryTimer: NodeJS.Timeout | undefined
     /** Set once we or the peer start closing: no frame is handled after that. */
     let closing = false
     let closed = false
+    /** Live messages that arrive while the connection replays, or null once it is live. */
+    let heldBack: EncodedMessage[] | null = []
     // Frames are handled strictly in arrival order, even when one must wait on a store.
     let pending: Promise<void> | undefined
+
+    function write (message: EncodedMessage): void {
+      if (socket.readyState !== OPEN) return
+      socket.send(format === 'json' ? message.json : message.text)
+      received(user.id, message.id)
+    }
 
     const connection: Connection = {
       userId: user.id,
       sessionId: identity.sessionId,
       format,
-      send: (data) => { if (!closed) socket.send(data) },
-      close: (code, reason) => {
+      deliver (message) {
+        if (heldBack !== null) heldBack.push(message)
+        else write(message)
+      },
+      close (code, reason) {
         if (closing) return
         closing = true
         socket.close(code, reason)
@@ -62,11 +117,11 @@ export function createChat ({ registry, userExists, verifyAccessToken, isSession
     }
 
     function sendJson (frame: string): void {
-      if (format === 'json') connection.send(frame)
+      if (format === 'json' && !closed) socket.send(frame)
     }
 
     function sendError (error: ProtocolError): void {
-      connection.send(errorFrame(error, format))
+      if (!closed) socket.send(errorFrame(error, format))
     }
 
     function armExpiry (): void {
@@ -80,27 +135,57 @@ export function createChat ({ registry, userExists, verifyAccessToken, isSession
       expiryTimer.unref()
     }
 
-    function deliver (to: number, text: string, ref: string | undefined): void | Promise<void> {
-      const recipients = registry.connectionsOf(to)
-      if (recipients === undefined) return refuseOffline(to, ref)
-      const id = nextMessageId()
-      const message = encodeMessage({ id, from: user.id, to, text, sentAt: new Date().toISOString() })
-      for (const recipient of recipients) {
-        if (recipient !== connection) recipient.send(recipient.format === 'json' ? message.json : message.text)
-      }
-      if (to !== user.id) {
-        // The sender's other devices see the conversation too.
-        for (const device of registry.connectionsOf(user.id) ?? []) {
-          if (device !== connection) device.send(device.format === 'json' ? message.json : message.text)
+    /**
+     * Sends what the user missed after `after`, then what arrived meanwhile,
+     * then goes live. Resolves true when it got to the end (the socket stayed open).
+     */
+    async function replay (after: string): Promise<boolean> {
+      const replayed = new Set<string>()
+      let cursor = after
+      for (;;) {
+        const page = await messages.since({ userId: user.id, after: cursor, limit: REPLAY_PAGE })
+        for (const message of page) {
+          write(encodeMessage(message))
+          replayed.add(message.id)
+          cursor = message.id
         }
+        if (page.length < REPLAY_PAGE || closing) break
       }
-      sendJson(ackFrame(id, ref))
+      // Messages stored during the replay may have been read by it too: each goes out once.
+      const arrived = heldBack ?? []
+      heldBack = null
+      for (const message of arrived) if (!replayed.has(message.id)) write(message)
+      return !closing
     }
 
-    async function refuseOffline (to: number, ref: string | undefined): Promise<void> {
-      const exists = await userExists(to)
-      if (exists) sendError({ code: 'USER_OFFLINE', message: `user ${to} is not connected`, ref })
-      else sendError({ code: 'UNKNOWN_USER', message: `user ${to} does not exist`, ref })
+    async function catchUp (): Promise<void> {
+      catchingUp.add(user.id)
+      const seen = await messages.seenThrough(user.id)
+      if (await replay(seen ?? '0')) catchingUp.delete(user.id)
+    }
+
+    async function deliver (to: number, text: string, ref: string | undefined): Promise<void> {
+      if (!registry.isOnline(to) && !await userExists(to)) {
+        sendError({ code: 'UNKNOWN_USER', message: `user ${to} does not exist`, ref })
+        return
+      }
+      const outcome = await saveMessage({ id: nextMessageId(), from: user.id, to, text, sentAt: new Date().toISOString(), ref: ref ?? null })
+      const id = outcome.message.id
+      // A resend of a stored message is acknowledged again, never delivered twice.
+      if (!outcome.duplicate) {
+        const message = encodeMessage(outcome.message)
+        for (const recipient of registry.connectionsOf(to) ?? []) {
+          if (recipient !== connection) recipient.deliver(message)
+        }
+        if (to !== user.id) {
+          // The sender's other devices see the conversation too.
+          for (const device of registry.connectionsOf(user.id) ?? []) {
+            if (device !== connection) device.deliver(message)
+          }
+        }
+      }
+      if (socket.readyState === OPEN) received(user.id, id)
+      sendJson(ackFrame(id, ref))
     }
 
     async function refresh (token: string): Promise<void> {
@@ -154,9 +239,18 @@ export function createChat ({ registry, userExists, verifyAccessToken, isSession
       pending = tracked
     }
 
+    // Back from offline (or joining a device still catching up): replay from where they left off.
+    const needsCatchUp = !registry.isOnline(user.id) || catchingUp.has(user.id)
     registry.add(connection)
     sendJson(welcomeFrame(user, expiresAt))
     armExpiry()
+    if (since !== undefined) {
+      settle(replay(since).then(() => {}))
+    } else if (needsCatchUp) {
+      settle(catchUp())
+    } else {
+      heldBack = null
+    }
 
     return {
       connection,
@@ -193,12 +287,20 @@ export function createChat ({ registry, userExists, verifyAccessToken, isSession
         closed = true
         closing = true
         clearTimeout(expiryTimer)
-        registry.remove(connection)
+        if (registry.remove(connection)) wentOffline(user.id)
       }
     }
   }
 
-  return { registry, open }
+  return {
+    registry,
+    open,
+
+    /** Resolves once every cursor write started so far has finished (for shutdown). */
+    async drain (): Promise<void> {
+      while (cursorWrites.size > 0) await Promise.allSettled([...cursorWrites])
+    }
+  }
 }
 
 export type Chat = ReturnType<typeof createChat>

@@ -1,4 +1,4 @@
-import type { OutputFormat } from './protocol.js'
+import type { EncodedMessage, OutputFormat } from './protocol.js'
 
 /** What the registry needs of a live socket. */
 export interface Connection {
@@ -6,7 +6,8 @@ export interface Connection {
   /** The login session whose token the socket holds; a `refresh` frame may move it to another. */
   sessionId: string
   readonly format: OutputFormat
-  send (data: string): void
+  /** A chat message to or from this user (held back while the connection replays what it missed). */
+  deliver (message: EncodedMessage): void
   close (code: number, reason: string): void
 }
 

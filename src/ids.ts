@@ -38,3 +38,22 @@ export function createIdGenerator ({ nodeId, clock = Date.now }: { nodeId: numbe
 export function idTime (id: string): number {
   return Number(BigInt(id) >> (NODE_BITS + SEQUENCE_BITS)) + EPOCH_MS
 }
+
+/** The smallest id any node can make in millisecond `epochMs`: every id made earlier is smaller. */
+export function firstIdAt (epochMs: number): string {
+  return (BigInt(Math.max(0, Math.floor(epochMs) - EPOCH_MS)) << (NODE_BITS + SEQUENCE_BITS)).toString()
+}
+
+/** Orders two ids numerically (they are decimal strings without leading zeros). */
+export function compareIds (a: string, b: string): number {
+  if (a.length !== b.length) return a.length - b.length
+  return a < b ? -1 : a > b ? 1 : 0
+}
+
+const ID_PATTERN = /^(0|[1-9]\d{0,19})$/
+const MAX_ID = (1n << 64n) - 1n
+
+/** Whether `text` is a message id as clients may send it back (`since`, `before`). */
+export function isMessageId (text: string): boolean {
+  return ID_PATTERN.test(text) && BigInt(text) <= MAX_ID
+}

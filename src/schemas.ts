@@ -7,6 +7,9 @@ import Type, { type Static } from 'typebox'
  */
 export const UserIdSchema = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'User id' })
 
+/** A server message id: a 64-bit number in decimal, as a string (JSON numbers cannot hold it). */
+export const MessageIdSchema = Type.String({ pattern: '^(0|[1-9][0-9]{0,19})$', maxLength: 20, description: 'Message id (decimal, 64-bit)' })
+
 export const EmailSchema = Type.String({ format: 'email', minLength: 3, maxLength: 254, description: 'Email address; compared case-insensitively' })
 
 export const PasswordSchema = Type.String({
@@ -39,6 +42,14 @@ export const TokensSchema = Type.Object({
   expires_in: Type.Integer({ description: 'Seconds until the access token expires' })
 }, { additionalProperties: false })
 
+export const MessageSchema = Type.Object({
+  id: MessageIdSchema,
+  from: UserIdSchema,
+  to: UserIdSchema,
+  text: Type.String(),
+  sentAt: Type.String({ format: 'date-time' })
+}, { additionalProperties: false })
+
 export const ErrorSchema = Type.Object({
   statusCode: Type.Integer(),
   code: Type.String(),
@@ -49,6 +60,7 @@ export const ErrorSchema = Type.Object({
 export type User = Static<typeof UserSchema>
 export type PublicUser = Static<typeof PublicUserSchema>
 export type Tokens = Static<typeof TokensSchema>
+export type Message = Static<typeof MessageSchema>
 
 export function toPublicUser ({ id, name, avatarUrl, createdAt }: User): PublicUser {
   return { id, name, avatarUrl, createdAt }

@@ -5,7 +5,7 @@ import { createSigner, createVerifier } from 'fast-jwt'
 import fp from 'fastify-plugin'
 import { Redis } from 'ioredis'
 import mysql from 'mysql2/promise'
-import type { Test } from 'tap'
+import { test, type Test } from 'tap'
 import WebSocket, { type RawData } from 'ws'
 import type { JwtFunctions } from '../src/access-tokens.js'
 import switchboard, { type SwitchboardOptions } from '../src/app.js'
@@ -100,6 +100,16 @@ export async function realBackendOptions (t: Test, backends: { mysqlUrl: string,
     redisUrl: backends.redisUrl,
     redisKeyPrefix: freshRedisPrefix(t, backends.redisUrl)
   }
+}
+
+/** Runs one scenario as two tests: on the embedded default, and on MariaDB + Redis (skipped only as realBackends() says). */
+export function onBothBackends (name: string, scenario: (t: Test, options: SwitchboardOptions) => Promise<void>): void {
+  test(`${name} (embedded)`, (t) => scenario(t, {}))
+  test(`${name} (MariaDB + Redis)`, async (t) => {
+    const backends = realBackends()
+    if ('skip' in backends) return t.plan(0, backends.skip)
+    await scenario(t, await realBackendOptions(t, backends))
+  })
 }
 
 type ErrorClass<E extends Error> = abstract new (...args: never[]) => E
@@ -213,6 +223,8 @@ export interface WsConnectOptions {
   token?: string
   via?: 'header' | 'query'
   format?: 'json' | 'text'
+  /** `?since=<message id>`: replay what came after that message first. */
+  since?: string
   origin?: string
   headers?: Record<string, string>
 }
@@ -236,10 +248,11 @@ export interface WsClient {
   close (): Promise<void>
 }
 
-function wsAddress (wsUrl: string, { token, via = 'header', format }: WsConnectOptions): string {
+function wsAddress (wsUrl: string, { token, via = 'header', format, since }: WsConnectOptions): string {
   const url = new URL('/ws', wsUrl)
   if (token !== undefined && via === 'query') url.searchParams.set('token', token)
   if (format !== undefined) url.searchParams.set('format', format)
+  if (since !== undefined) url.searchParams.set('since', since)
   return url.toString()
 }
 

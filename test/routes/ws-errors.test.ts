@@ -73,16 +73,18 @@ test('BAD_RECEIVER: anything but a positive decimal user id', async (t) => {
   await expectError(t, a, '{"type":"message","to":9007199254740993,"text":"x"}', 'BAD_RECEIVER')
 })
 
-test('UNKNOWN_USER and USER_OFFLINE carry the ref of a JSON frame', async (t) => {
+test('UNKNOWN_USER carries the ref of a JSON frame; a user with no socket is no error', async (t) => {
   const { app, wsUrl } = await listen(t)
   const alice = await createUser(app, 'Alice')
   const carol = await createUser(app, 'Carol')
   const a = await connectWs(t, wsUrl, { token: alice.accessToken })
   t.equal((await a.nextJson()).type, 'welcome')
-  await expectError(t, a, `${carol.id}:hello`, 'USER_OFFLINE')
-  await expectError(t, a, { type: 'message', to: carol.id, text: 'hello', id: 'o1' }, 'USER_OFFLINE', 'o1')
   await expectError(t, a, `${carol.id + 1000}:hello`, 'UNKNOWN_USER')
   await expectError(t, a, { type: 'message', to: carol.id + 1000, text: 'hello', id: 'u1' }, 'UNKNOWN_USER', 'u1')
+  // Carol has never connected: her messages wait for her (USER_OFFLINE is no longer sent).
+  a.send({ type: 'message', to: carol.id, text: 'hello', id: 'o1' })
+  const ack = await a.nextJson()
+  t.same(ack, { type: 'ack', id: ack.id, ref: 'o1' }, 'a message to an offline user is acknowledged with its ref')
 })
 
 test('TOO_LONG: text over messageMaxChars, counted in characters', async (t) => {

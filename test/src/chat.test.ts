@@ -1,10 +1,15 @@
 import { test, type Test } from 'tap'
+import { WebSocket } from 'ws'
 import { createAccessTokens, type AccessTokenIdentity } from '../../src/access-tokens.js'
-import { createChat, type Socket } from '../../src/chat.js'
+import { createBatcher } from '../../src/batcher.js'
+import { createChat, type ChatDependencies, type Socket } from '../../src/chat.js'
 import { createConnectionRegistry } from '../../src/connections.js'
 import { createIdGenerator } from '../../src/ids.js'
 import type { OutputFormat } from '../../src/protocol.js'
 import type { PublicUser } from '../../src/schemas.js'
+import {
+  createMemoryMessageStore, type MessageStore, type SaveOutcome, type SinceQuery, type StoredMessage
+} from '../../src/stores/messages-memory.js'
 import { pluginJwt } from '../helper.js'
 
 const accessTokens = createAccessTokens({ jwt: pluginJwt(), ttlSeconds: 900 })
@@ -13,8 +18,13 @@ interface Close { code: number, reason: string }
 
 /** A socket that records what the chat does to it. Not a backend: the real `ws` socket is tested in test/routes. */
 interface FakeSocket extends Socket {
+  readyState: number
   sent: string[]
+  /** Frames the chat handed over after closing had begun. */
+  dropped: string[]
   closes: Close[]
+  /** Resolves once `check` holds for what has been sent so far. */
+  until (check: (sent: string[]) => boolean): Promise<string[]>
   /** Resolves once `count` frames have been sent in all. */
   sentCount (count: number): Promise<string[]>
   /** Resolves on the first close. */
@@ -22,26 +32,38 @@ interface FakeSocket extends Socket {
 }
 
 function fakeSocket (): FakeSocket {
-  const waiting: Array<{ count: number, resolve: (sent: string[]) => void }> = []
+  const waiting: Array<{ check: (sent: string[]) => boolean, resolve: (sent: string[]) => void }> = []
   let onClose: (close: Close) => void = () => {}
   const socket: FakeSocket = {
+    readyState: WebSocket.OPEN,
     sent: [],
+    dropped: [],
     closes: [],
     closed: new Promise((resolve) => { onClose = resolve }),
     send (data) {
+      // As ws: once closing has begun, a frame is dropped, not sent.
+      if (socket.readyState !== WebSocket.OPEN) {
+        socket.dropped.push(data)
+        return
+      }
       socket.sent.push(data)
-      for (const waiter of waiting.filter(({ count }) => socket.sent.length >= count)) {
+      for (const waiter of waiting.filter(({ check }) => check(socket.sent))) {
         waiting.splice(waiting.indexOf(waiter), 1)
         waiter.resolve(socket.sent)
       }
     },
     close (code, reason) {
       socket.closes.push({ code, reason })
+      // As ws: closing starts the handshake; the 'close' event (CLOSED) comes later.
+      if (socket.readyState === WebSocket.OPEN) socket.readyState = WebSocket.CLOSING
       onClose({ code, reason })
     },
+    async until (check) {
+      if (check(socket.sent)) return socket.sent
+      return new Promise((resolve) => waiting.push({ check, resolve }))
+    },
     async sentCount (count) {
-      if (socket.sent.length >= count) return socket.sent
-      return new Promise((resolve) => waiting.push({ count, resolve }))
+      return socket.until((sent) => sent.length >= count)
     }
   }
   return socket
@@ -55,9 +77,53 @@ function frames (socket: FakeSocket): Array<Record<string, unknown>> {
   return socket.sent.map((data) => JSON.parse(data) as Record<string, unknown>)
 }
 
-/** Lets every queued promise callback and timer-free continuation run. */
+/** The chat messages a JSON socket received, in order. */
+function messagesOf (socket: FakeSocket): Array<Record<string, unknown>> {
+  return frames(socket).filter((frame) => frame.type === 'message')
+}
+
+function textsOf (socket: FakeSocket): unknown[] {
+  return messagesOf(socket).map((frame) => frame.text)
+}
+
+function acksOf (socket: FakeSocket): Array<Record<string, unknown>> {
+  return frames(socket).filter((frame) => frame.type === 'ack')
+}
+
+/** Lets every queued promise callback run, and one turn of the event loop pass. */
 async function settled (): Promise<void> {
   await new Promise((resolve) => setImmediate(resolve))
+}
+
+interface Held<Args, Result> {
+  args: Args
+  resolve: (result: Result) => void
+  reject: (error: unknown) => void
+}
+
+/** Stands in for an async dependency: each call waits until the test answers it. */
+function holdCalls<Args, Result> () {
+  const calls: Array<Held<Args, Result>> = []
+  const wake: Array<() => void> = []
+  return {
+    calls,
+    fn: (args: Args) => new Promise<Result>((resolve, reject) => {
+      calls.push({ args, resolve, reject })
+      for (const waiter of wake.splice(0)) waiter()
+    }),
+    /** The `index`-th call (from 0), once it has been made. */
+    async call (index: number): Promise<Held<Args, Result>> {
+      while (calls.length <= index) await new Promise<void>((resolve) => wake.push(resolve))
+      return calls[index] as Held<Args, Result>
+    }
+  }
+}
+
+type Messages = ChatDependencies['messages']
+
+/** The memory store as the chat reads it, with some methods replaced. */
+function storeView (store: MessageStore, overrides: Partial<Messages>): Messages {
+  return { since: store.since, seenThrough: store.seenThrough, markSeen: store.markSeen, ...overrides }
 }
 
 interface SetupOptions {
@@ -66,12 +132,31 @@ interface SetupOptions {
   endedSessions?: string[]
   messageRate?: number
   messageBurst?: number
+  /** The store behind the default `saveMessage` and `messages`. */
+  store?: MessageStore
+  /** Replaces the group-committing save into `store`. */
+  saveMessage?: ChatDependencies['saveMessage']
+  /** Replaces the reads and cursor writes on `store`. */
+  messages?: Messages
 }
 
-function setup (t: Test, { userExists = async () => true, endedSessions = [], messageRate = 1000, messageBurst = 1000 }: SetupOptions = {}) {
+interface ConnectOptions {
+  format?: OutputFormat
+  identity?: AccessTokenIdentity
+  keepWelcome?: boolean
+  since?: string
+}
+
+function setup (t: Test, options: SetupOptions = {}) {
+  const { userExists = async () => true, endedSessions = [], messageRate = 1000, messageBurst = 1000 } = options
+  const store = options.store ?? createMemoryMessageStore()
+  // The same group commit as production, around the real memory store.
+  const batcher = createBatcher<StoredMessage, SaveOutcome>({ flush: store.save, maxBatch: 1000 })
+  const save = options.saveMessage ?? batcher.add
   const registry = createConnectionRegistry()
   const errors: unknown[] = []
   const asked: number[] = []
+  let saveCalls = 0
   const chat = createChat({
     registry,
     userExists: (userId) => {
@@ -81,18 +166,37 @@ function setup (t: Test, { userExists = async () => true, endedSessions = [], me
     verifyAccessToken: accessTokens.verify,
     isSessionLive: async (sessionId) => !endedSessions.includes(sessionId),
     nextMessageId: createIdGenerator({ nodeId: 1 }).next,
+    saveMessage: (message) => {
+      saveCalls++
+      return save(message)
+    },
+    messages: options.messages ?? store,
     limits: { messageMaxChars: 4000, messageRate, messageBurst },
     onError: (error) => { errors.push(error) }
   })
 
-  function connect (userId: number, { format = 'json', identity, keepWelcome = false }: {
-    format?: OutputFormat, identity?: AccessTokenIdentity, keepWelcome?: boolean
-  } = {}) {
+  /**
+   * Resolves once the chat has nothing left to do: the memory store answers
+   * within promise callbacks, so once the batcher is drained and a turn of the
+   * event loop passes without a new save, every reply has gone out.
+   */
+  async function idle (): Promise<void> {
+    let before: number
+    do {
+      before = saveCalls
+      await batcher.drain()
+      await chat.drain()
+      await settled()
+    } while (saveCalls !== before)
+  }
+
+  function connect (userId: number, { format = 'json', identity, keepWelcome = false, since }: ConnectOptions = {}) {
     const socket = fakeSocket()
     const session = chat.open(socket, {
       user: publicUser(userId),
       identity: identity ?? accessTokens.verify(accessTokens.issue(userId, `session-of-${userId}`).token),
-      format
+      format,
+      ...(since === undefined ? {} : { since })
     })
     // Stops the expiry timer of a session the test left open.
     t.teardown(() => session.closed())
@@ -100,11 +204,26 @@ function setup (t: Test, { userExists = async () => true, endedSessions = [], me
     return {
       socket,
       session,
-      send: (frame: string | object) => session.receive(Buffer.from(typeof frame === 'string' ? frame : JSON.stringify(frame)), false)
+      send: (frame: string | object) => session.receive(Buffer.from(typeof frame === 'string' ? frame : JSON.stringify(frame)), false),
+      /** The socket went away (ws: CLOSED, then the 'close' event). */
+      disconnect: () => {
+        socket.readyState = WebSocket.CLOSED
+        session.closed()
+      }
     }
   }
 
-  return { chat, registry, errors, asked, connect }
+  type Client = ReturnType<typeof connect>
+
+  /** Sends a message and returns its server id, from the ack. */
+  async function message (from: Client, to: number, text: string, ref?: string): Promise<string> {
+    const acks = acksOf(from.socket).length
+    from.send(ref === undefined ? { type: 'message', to, text } : { type: 'message', to, text, id: ref })
+    await from.socket.until(() => acksOf(from.socket).length > acks)
+    return acksOf(from.socket)[acks]?.id as string
+  }
+
+  return { chat, registry, store, errors, asked, connect, idle, message }
 }
 
 test('a JSON session is welcomed with its user and expiry', async (t) => {
@@ -116,14 +235,16 @@ test('a JSON session is welcomed with its user and expiry', async (t) => {
 })
 
 test('a message reaches every connection of the recipient in its format, the sender\'s other devices, and an ack the sender', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alicePhone = connect(1)
   const aliceLaptop = connect(1, { format: 'text' })
   const aliceTablet = connect(1)
   const bobJson = connect(2)
   const bobText = connect(2, { format: 'text' })
+  await idle()
 
   alicePhone.send({ type: 'message', to: 2, text: 'hi: there', id: 'ref-1' })
+  await idle()
 
   const [delivered] = frames(bobJson.socket)
   t.match(delivered, { type: 'message', from: 1, to: 2, text: 'hi: there' })
@@ -138,69 +259,83 @@ test('a message reaches every connection of the recipient in its format, the sen
 })
 
 test('a legacy frame is a message, acked without a ref', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alice = connect(1)
   const bob = connect(2)
   alice.send('2:  hello:world\n')
+  await idle()
   const [delivered] = frames(bob.socket)
   t.match(delivered, { type: 'message', from: 1, to: 2, text: '  hello:world\n' })
   t.strictSame(frames(alice.socket), [{ type: 'ack', id: delivered?.id }])
 })
 
 test('from is the session\'s user, never the client\'s', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alice = connect(1)
   const bob = connect(2)
   alice.send({ type: 'message', to: 2, text: 'it is me, Carol', from: 3 })
+  await idle()
   t.match(frames(bob.socket), [{ type: 'message', from: 1 }])
 })
 
 test('a message to oneself reaches one\'s other devices once', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const phone = connect(1)
   const laptop = connect(1)
   phone.send('1:note to self')
+  await idle()
   t.match(frames(laptop.socket), [{ type: 'message', from: 1, to: 1, text: 'note to self' }])
   t.equal(laptop.socket.sent.length, 1)
   t.match(frames(phone.socket), [{ type: 'ack' }])
 })
 
 test('message ids increase', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alice = connect(1)
   const bob = connect(2)
   for (let i = 0; i < 5; i++) alice.send(`2:${i}`)
-  const ids = frames(bob.socket).map((frame) => BigInt(frame.id as string))
+  await idle()
+  const ids = messagesOf(bob.socket).map((frame) => BigInt(frame.id as string))
+  t.equal(ids.length, 5)
   t.ok(ids.every((id, index) => index === 0 || id > (ids[index - 1] as bigint)))
 })
 
-test('an offline user that exists is USER_OFFLINE, one that does not UNKNOWN_USER', async (t) => {
-  const { connect, asked } = setup(t, { userExists: async (userId) => userId === 3 })
+test('a message to an offline user is stored and acked; one to a user that does not exist is UNKNOWN_USER', async (t) => {
+  const { connect, idle, asked, store } = setup(t, { userExists: async (userId) => userId === 3 })
   const alice = connect(1)
   alice.send({ type: 'message', to: 3, text: 'hi', id: 'r3' })
   alice.send({ type: 'message', to: 4, text: 'hi', id: 'r4' })
-  await alice.socket.sentCount(2)
+  await idle()
   t.match(frames(alice.socket), [
-    { type: 'error', code: 'USER_OFFLINE', ref: 'r3', message: String },
+    { type: 'ack', id: /^\d+$/, ref: 'r3' },
     { type: 'error', code: 'UNKNOWN_USER', ref: 'r4', message: String }
   ])
   t.strictSame(asked, [3, 4])
   t.strictSame(alice.socket.closes, [], 'the socket stays open')
+  const ackedId = frames(alice.socket)[0]?.id
+  t.match(await store.since({ userId: 3, after: '0', limit: 10 }), [{ id: ackedId, from: 1, to: 3, text: 'hi', ref: 'r3' }], 'stored under the acked id')
+  t.strictSame(await store.since({ userId: 4, after: '0', limit: 10 }), [], 'nothing kept for a user that does not exist')
+
+  const carol = connect(3)
+  await idle()
+  t.match(frames(carol.socket), [{ type: 'message', id: ackedId, from: 1, to: 3, text: 'hi' }], 'and delivered when the recipient connects')
 })
 
 test('an online recipient is not looked up', async (t) => {
-  const { connect, asked } = setup(t)
+  const { connect, idle, asked } = setup(t)
   const alice = connect(1)
   connect(2)
   alice.send('2:hi')
+  await idle()
   t.strictSame(asked, [])
 })
 
 test('frames are answered in order, even when one waits for the user store', async (t) => {
   let answer: (exists: boolean) => void = () => {}
-  const { connect } = setup(t, { userExists: () => new Promise((resolve) => { answer = resolve }) })
+  const { connect, idle } = setup(t, { userExists: () => new Promise((resolve) => { answer = resolve }) })
   const alice = connect(1)
   const bob = connect(2)
+  await idle()
   alice.send({ type: 'message', to: 3, text: 'are you there?', id: 'offline' })
   alice.send({ type: 'message', to: 2, text: 'hello bob', id: 'online' })
   alice.send({ type: 'ping' })
@@ -211,7 +346,7 @@ test('frames are answered in order, even when one waits for the user store', asy
   answer(true)
   await alice.socket.sentCount(3)
   t.match(frames(alice.socket), [
-    { type: 'error', code: 'USER_OFFLINE', ref: 'offline' },
+    { type: 'ack', ref: 'offline' },
     { type: 'ack', ref: 'online' },
     { type: 'pong' }
   ])
@@ -219,47 +354,50 @@ test('frames are answered in order, even when one waits for the user store', asy
 })
 
 test('too many frames are RATE_LIMITED and the socket stays open', async (t) => {
-  const { connect } = setup(t, { messageRate: 0.001, messageBurst: 3 })
+  const { connect, idle } = setup(t, { messageRate: 0.001, messageBurst: 3 })
   const alice = connect(1)
   const bob = connect(2)
   for (let i = 1; i <= 5; i++) alice.send(`2:message ${i}`)
-  t.equal(bob.socket.sent.length, 3, 'the burst got through, the rest did not')
-  t.match(frames(alice.socket), [
-    { type: 'ack' }, { type: 'ack' }, { type: 'ack' },
-    { type: 'error', code: 'RATE_LIMITED' }, { type: 'error', code: 'RATE_LIMITED' }
-  ])
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['message 1', 'message 2', 'message 3'], 'the burst got through, the rest did not')
+  // The refusals are sent on arrival, while the accepted frames wait for the store, so only counts are compared.
+  const types = frames(alice.socket).map((frame) => frame.type === 'error' ? frame.code : frame.type)
+  t.strictSame(types.sort(), ['RATE_LIMITED', 'RATE_LIMITED', 'ack', 'ack', 'ack'])
   t.strictSame(alice.socket.closes, [])
 })
 
 test('a binary frame is BAD_FORMAT', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alice = connect(1)
   const bob = connect(2)
   alice.session.receive(Buffer.from('2:hi'), true)
+  await idle()
   t.match(frames(alice.socket), [{ type: 'error', code: 'BAD_FORMAT' }])
   t.strictSame(bob.socket.sent, [], 'not delivered though its bytes read as a message')
   t.strictSame(alice.socket.closes, [])
 })
 
 test('fragmented and ArrayBuffer text frames are read as UTF-8', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alice = connect(1)
   const bob = connect(2, { format: 'text' })
   const bytes = Buffer.from('2:h\u00e9llo \u{1F600}')
   alice.session.receive([bytes.subarray(0, 4), bytes.subarray(4)], false)
   alice.session.receive(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length), false)
+  await idle()
   t.strictSame(bob.socket.sent, ['1:h\u00e9llo \u{1F600}', '1:h\u00e9llo \u{1F600}'])
 })
 
 test('ping gets pong', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alice = connect(1)
   alice.send({ type: 'ping' })
+  await idle()
   t.strictSame(frames(alice.socket), [{ type: 'pong' }])
 })
 
 test('bad frames get their error codes, carrying the ref, and never close the socket', async (t) => {
-  const { connect } = setup(t)
+  const { connect, idle } = setup(t)
   const alice = connect(1)
   alice.send({ type: 'message', to: '2', text: 'hi', id: 'r' })
   alice.send('{"type":')
@@ -267,6 +405,7 @@ test('bad frames get their error codes, carrying the ref, and never close the so
   alice.send({ type: 'shout' })
   alice.send({ type: 'message', to: 2, text: 'x'.repeat(4001), id: 'long' })
   alice.send({ type: 'watch', users: [2] })
+  await idle()
   t.match(frames(alice.socket), [
     { type: 'error', code: 'BAD_RECEIVER', ref: 'r' },
     { type: 'error', code: 'BAD_JSON' },
@@ -275,24 +414,26 @@ test('bad frames get their error codes, carrying the ref, and never close the so
     { type: 'error', code: 'TOO_LONG', ref: 'long' },
     { type: 'error', code: 'UNKNOWN_TYPE' }
   ])
+  t.equal(alice.socket.sent.length, 6)
   t.strictSame(alice.socket.closes, [])
 })
 
 test('a text-format session gets only "from:text" and "error:CODE"', async (t) => {
-  const { connect } = setup(t, { userExists: async () => false })
+  const { connect, idle } = setup(t, { userExists: async () => false })
   const alice = connect(1, { format: 'text', keepWelcome: true })
   const bob = connect(2)
   t.strictSame(alice.socket.sent, [], 'no welcome')
   alice.send('2:hi bob')
   alice.send({ type: 'ping' })
   alice.send({ type: 'refresh', token: accessTokens.issue(1, 'session-of-1').token })
-  await settled()
+  await idle()
   t.strictSame(alice.socket.sent, [], 'no ack, no pong, no welcome after refresh')
   t.match(frames(bob.socket), [{ type: 'message', from: 1, text: 'hi bob' }], 'though the message went out')
   bob.send('1:hi alice')
+  await idle()
   alice.send('no colon')
   alice.send('9:anyone?')
-  await alice.socket.sentCount(3)
+  await idle()
   t.strictSame(alice.socket.sent, ['2:hi alice', 'error:BAD_FORMAT', 'error:UNKNOWN_USER'])
 })
 
@@ -363,17 +504,19 @@ test('a session opened with an already expired token closes at once with 4001', 
 })
 
 test('closed() removes the connection from the registry and stops it', async (t) => {
-  const { connect, registry } = setup(t, { userExists: async () => true })
+  const { connect, idle, registry, asked } = setup(t, { userExists: async () => true })
   const alice = connect(1)
   const bob = connect(2)
-  bob.session.closed()
+  await idle()
+  bob.disconnect()
   t.equal(registry.isOnline(2), false)
   t.equal(registry.connectionCount, 1)
   alice.send('2:still there?')
-  await alice.socket.sentCount(1)
-  t.match(frames(alice.socket), [{ type: 'error', code: 'USER_OFFLINE' }])
+  await idle()
+  t.match(frames(alice.socket), [{ type: 'ack' }], 'stored for later, not refused')
+  t.strictSame(asked, [2], 'bob is offline now, so his account is looked up')
   bob.send('1:from beyond')
-  await settled()
+  await idle()
   t.strictSame(alice.socket.sent.length, 1, 'a closed session sends nothing')
   bob.session.closed()
   t.equal(registry.connectionCount, 1, 'closing twice is harmless')
@@ -387,4 +530,396 @@ test('a failing user store reports the error and closes with 1011', async (t) =>
   t.match(await alice.socket.closed, { code: 1011 })
   t.strictSame(errors, [failure])
   t.strictSame(alice.socket.sent, [], 'no answer to the frame')
+})
+
+test('storage: nothing is acked or delivered before the store has the message', async (t) => {
+  const store = createMemoryMessageStore()
+  const saves = holdCalls<StoredMessage, SaveOutcome>()
+  const { connect, idle } = setup(t, { store, saveMessage: saves.fn })
+  const alice = connect(1)
+  const aliceTablet = connect(1)
+  const bob = connect(2)
+  await idle()
+
+  alice.send({ type: 'message', to: 2, text: 'kept?', id: 'r1' })
+  alice.send({ type: 'ping' })
+  const save = await saves.call(0)
+  t.match(save.args, { id: /^[1-9]\d*$/, from: 1, to: 2, text: 'kept?', ref: 'r1', sentAt: String })
+  // Waiting for what must not happen: a turn of the event loop for a premature ack, delivery or pong.
+  await settled()
+  t.strictSame(alice.socket.sent, [], 'no ack, and the next frame waits its turn')
+  t.strictSame(aliceTablet.socket.sent, [], 'not shown on the sender\'s other device')
+  t.strictSame(bob.socket.sent, [], 'not delivered')
+
+  const [outcome] = await store.save([save.args])
+  save.resolve(outcome as SaveOutcome)
+  await alice.socket.sentCount(2)
+  t.strictSame(frames(alice.socket), [{ type: 'ack', id: save.args.id, ref: 'r1' }, { type: 'pong' }])
+  await idle()
+  t.match(frames(bob.socket), [{ type: 'message', id: save.args.id, text: 'kept?' }])
+  t.match(frames(aliceTablet.socket), [{ type: 'message', id: save.args.id, text: 'kept?' }])
+})
+
+test('storage: a failing save is no ack and no delivery; it is reported and the socket closes with 1011', async (t) => {
+  const failure = new Error('insert failed')
+  const { connect, idle, errors } = setup(t, { saveMessage: async () => { throw failure } })
+  const alice = connect(1)
+  const aliceTablet = connect(1)
+  const bob = connect(2)
+  await idle()
+  alice.send({ type: 'message', to: 2, text: 'lost?', id: 'r1' })
+  alice.send({ type: 'ping' })
+  t.match(await alice.socket.closed, { code: 1011 })
+  await idle()
+  t.strictSame(errors, [failure])
+  t.strictSame(alice.socket.sent, [], 'no ack, and the frames after it are not handled')
+  t.strictSame(alice.socket.closes.length, 1)
+  t.strictSame(bob.socket.sent, [], 'not delivered')
+  t.strictSame(aliceTablet.socket.sent, [])
+})
+
+test('storage: a resend with the same client ref is acked with the original id and delivered once', async (t) => {
+  const { connect, idle, message, store } = setup(t)
+  const alicePhone = connect(1)
+  const aliceTablet = connect(1)
+  const bob = connect(2)
+  await idle()
+  const original = await message(alicePhone, 2, 'only once', 'dup')
+
+  // The phone lost its connection before it saw the ack, reconnects and sends again.
+  alicePhone.disconnect()
+  const alicePhoneAgain = connect(1)
+  const resent = await message(alicePhoneAgain, 2, 'only once', 'dup')
+  await idle()
+  t.equal(resent, original, 'the second ack carries the original id')
+  t.strictSame(acksOf(alicePhoneAgain.socket), [{ type: 'ack', id: original, ref: 'dup' }])
+  t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), [original], 'the recipient gets it once')
+  t.strictSame(messagesOf(aliceTablet.socket).map((frame) => frame.id), [original], 'so does the sender\'s other device')
+  t.equal((await store.since({ userId: 2, after: '0', limit: 10 })).length, 1, 'stored once')
+
+  const other = await message(alicePhoneAgain, 2, 'only once', 'another-ref')
+  t.not(other, original, 'another ref is another message')
+  const bobsOwn = await message(bob, 1, 'mine', 'dup')
+  t.not(bobsOwn, original, 'the same ref from another sender is another message')
+  await idle()
+  t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), [original, other])
+})
+
+test('offline delivery: what arrived while a user had no connection is replayed in order when they connect, then live messages follow', async (t) => {
+  const { connect, idle, message } = setup(t)
+  const alice = connect(1)
+  const carol = connect(3)
+  await idle()
+  const ids = [
+    await message(alice, 2, 'one'),
+    await message(carol, 2, 'two'),
+    await message(alice, 2, 'three')
+  ]
+
+  const bob = connect(2)
+  await idle()
+  t.strictSame(messagesOf(bob.socket), [
+    { type: 'message', id: ids[0], from: 1, to: 2, text: 'one', sentAt: messagesOf(bob.socket)[0]?.sentAt },
+    { type: 'message', id: ids[1], from: 3, to: 2, text: 'two', sentAt: messagesOf(bob.socket)[1]?.sentAt },
+    { type: 'message', id: ids[2], from: 1, to: 2, text: 'three', sentAt: messagesOf(bob.socket)[2]?.sentAt }
+  ], 'each as a normal message frame (no client ref), in order')
+  t.equal(bob.socket.sent.length, 3, 'nothing else')
+
+  const live = await message(alice, 2, 'four')
+  await idle()
+  t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), [...ids, live], 'then live, each once')
+})
+
+test('offline delivery: a second connection while the first is open gets no replay', async (t) => {
+  const { connect, idle, message } = setup(t)
+  const alice = connect(1)
+  await idle()
+  await message(alice, 2, 'while away')
+  const bobPhone = connect(2)
+  await idle()
+  t.strictSame(textsOf(bobPhone.socket), ['while away'])
+
+  const bobLaptop = connect(2)
+  await idle()
+  t.strictSame(bobLaptop.socket.sent, [], 'the first connection already caught up')
+  await message(alice, 2, 'live')
+  await idle()
+  t.strictSame(textsOf(bobLaptop.socket), ['live'])
+  t.strictSame(textsOf(bobPhone.socket), ['while away', 'live'])
+})
+
+test('since: replays exactly the messages to or from the user after that id, then goes live', async (t) => {
+  const { connect, idle, message } = setup(t)
+  const alice = connect(1)
+  const bob = connect(2)
+  const carol = connect(3)
+  await idle()
+  const before = await message(alice, 2, 'before')
+  const since = await message(bob, 1, 'the last one the laptop saw')
+  const ids = [
+    await message(carol, 2, 'from carol'),
+    await message(alice, 3, 'alice to carol: not bob\'s')
+  ]
+  const replayed = [
+    ids[0],
+    await message(bob, 3, 'bob to carol'),
+    await message(bob, 2, 'bob to himself'),
+    await message(alice, 2, 'from alice')
+  ]
+  t.notOk(replayed.includes(ids[1]), 'a conversation bob is not in is not expected')
+  t.not(before, since)
+
+  const laptop = connect(2, { since })
+  await idle()
+  t.strictSame(messagesOf(laptop.socket).map((frame) => frame.id), replayed, 'after the id (exclusive), to and from bob, in order')
+  t.strictSame(textsOf(laptop.socket), ['from carol', 'bob to carol', 'bob to himself', 'from alice'])
+
+  const live = await message(carol, 2, 'live')
+  await idle()
+  t.strictSame(messagesOf(laptop.socket).map((frame) => frame.id), [...replayed, live])
+
+  const fromStart = connect(2, { since: '0' })
+  const upToDate = connect(2, { since: live })
+  await idle()
+  t.strictSame(textsOf(fromStart.socket),
+    ['before', 'the last one the laptop saw', 'from carol', 'bob to carol', 'bob to himself', 'from alice', 'live'], 'since 0: everything')
+  t.strictSame(upToDate.socket.sent, [], 'since the newest: nothing')
+})
+
+test('since: messages that arrive while the replay query runs are delivered once, after the replayed ones, in order', async (t) => {
+  const store = createMemoryMessageStore()
+  const queries = holdCalls<SinceQuery, StoredMessage[]>()
+  const { connect, idle, message } = setup(t, { store, messages: storeView(store, { since: queries.fn }) })
+  const alice = connect(1)
+  const aliceQuery = await queries.call(0)
+  aliceQuery.resolve(await store.since(aliceQuery.args))
+  await idle()
+  const old = [await message(alice, 2, 'old 1'), await message(alice, 2, 'old 2')]
+
+  const bob = connect(2)
+  const bobQuery = await queries.call(1)
+  t.match(bobQuery.args, { userId: 2, after: '0' })
+  // Stored and delivered after the query started, and read by it.
+  const readByTheQuery = await message(alice, 2, 'live 1')
+  const page = await store.since(bobQuery.args)
+  t.strictSame(page.map(({ id }) => id), [...old, readByTheQuery], 'the query result includes the first live message')
+  // Stored after the query read the store: only the live path carries it.
+  const afterTheRead = await message(alice, 2, 'live 2')
+  bob.send({ type: 'message', to: 1, text: 'sent by bob during the replay', id: 'bob-1' })
+  // Waiting for what must not happen: a turn of the event loop for anything to reach bob, or bob's frame to be handled, early.
+  await settled()
+  t.strictSame(bob.socket.sent, [], 'held back while the replay query runs')
+  t.equal(textsOf(alice.socket).length, 0, 'bob\'s frame waits for his replay')
+
+  bobQuery.resolve(page)
+  await idle()
+  const live = await message(alice, 2, 'live 3')
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['old 1', 'old 2', 'live 1', 'live 2', 'live 3'])
+  t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), [...old, readByTheQuery, afterTheRead, live], 'each once, in id order')
+  t.match(frames(bob.socket).map((frame) => frame.type), ['message', 'message', 'message', 'message', 'ack', 'message'],
+    'bob\'s own frame is answered after his replay')
+  t.strictSame(textsOf(alice.socket), ['sent by bob during the replay'])
+})
+
+test('since: a replay longer than one page arrives whole, in order, each message once', async (t) => {
+  const store = createMemoryMessageStore()
+  const queries: Array<{ query: SinceQuery, page: StoredMessage[] }> = []
+  const { connect, idle } = setup(t, {
+    store,
+    messageBurst: 5000,
+    messages: storeView(store, {
+      since: async (query) => {
+        const page = await store.since(query)
+        queries.push({ query, page })
+        return page
+      }
+    })
+  })
+  const alice = connect(1)
+  await idle()
+  const count = 1201
+  for (let i = 0; i < count; i++) alice.send(`2:${i}`)
+  await idle()
+  const acked = acksOf(alice.socket).map((frame) => frame.id)
+  t.equal(acked.length, count)
+  queries.length = 0
+
+  const bob = connect(2)
+  await idle()
+  t.strictSame(textsOf(bob.socket), Array.from({ length: count }, (_, i) => String(i)), 'all, in order')
+  t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), acked, 'with their ids, none twice')
+  t.ok(queries.length > 2, `read in pages (${queries.length} queries)`)
+  let delivered = 0
+  for (const [index, { query, page }] of queries.entries()) {
+    t.ok(page.length <= query.limit, `page ${index} within its limit`)
+    t.equal(query.after, index === 0 ? '0' : acked[delivered - 1], `page ${index} starts after the last message of the one before`)
+    delivered += page.length
+  }
+  t.equal(delivered, count)
+  t.ok((queries.at(-1)?.page.length ?? 0) < (queries[0]?.query.limit ?? 0), 'the last page is a short one, which ends the replay')
+})
+
+test('since: a text-format client gets replayed messages as "from:text"', async (t) => {
+  const { connect, idle, message } = setup(t)
+  const alice = connect(1)
+  const carol = connect(3)
+  await idle()
+  await message(alice, 2, 'hello: there')
+  await message(carol, 2, '\u{1F600} ok')
+  const bob = connect(2, { format: 'text', keepWelcome: true })
+  await idle()
+  t.strictSame(bob.socket.sent, ['1:hello: there', '3:\u{1F600} ok'])
+  const bobAgain = connect(2, { format: 'text', since: '0' })
+  await idle()
+  t.strictSame(bobAgain.socket.sent, ['1:hello: there', '3:\u{1F600} ok'], 'with since too')
+})
+
+test('since: a failing replay query is reported and closes the socket with 1011', async (t) => {
+  const store = createMemoryMessageStore()
+  const failure = new Error('select failed')
+  const { connect, errors } = setup(t, { store, messages: storeView(store, { since: async () => { throw failure } }) })
+  const bob = connect(2, { since: '0' })
+  t.match(await bob.socket.closed, { code: 1011 })
+  t.strictSame(errors, [failure])
+  t.strictSame(bob.socket.sent, [])
+})
+
+test('seen-through: set when the last socket closes to the newest message received, so a reconnect replays only what came after', async (t) => {
+  const { chat, connect, idle, message, store } = setup(t)
+  const alice = connect(1)
+  const bobPhone = connect(2)
+  const bobLaptop = connect(2)
+  await idle()
+  await message(alice, 2, 'm1')
+  const m2 = await message(alice, 2, 'm2')
+  await idle()
+
+  bobLaptop.disconnect()
+  await chat.drain()
+  t.equal(await store.seenThrough(2), null, 'not moved while another device is online')
+  bobPhone.disconnect()
+  await chat.drain()
+  t.equal(await store.seenThrough(2), m2, 'the newest message bob received')
+
+  const m3 = await message(alice, 2, 'm3')
+  const bobAgain = connect(2)
+  await idle()
+  t.strictSame(messagesOf(bobAgain.socket).map((frame) => frame.id), [m3], 'only what came after')
+
+  // What bob sends counts as seen by him, and is not replayed to him.
+  const m4 = await message(bobAgain, 1, 'm4')
+  bobAgain.disconnect()
+  await chat.drain()
+  t.equal(await store.seenThrough(2), m4)
+  const bobOnceMore = connect(2)
+  await idle()
+  t.strictSame(bobOnceMore.socket.sent, [])
+})
+
+test('catch-up: a device that connects while another is still catching up replays too, and the cursor waits for a finished catch-up', async (t) => {
+  const store = createMemoryMessageStore()
+  const seenThrough = holdCalls<number, string | null>()
+  const { chat, connect, idle, message } = setup(t, { store, messages: storeView(store, { seenThrough: seenThrough.fn }) })
+  const alice = connect(1)
+  // Alice's own first connection reads her cursor too.
+  const aliceRead = await seenThrough.call(0)
+  aliceRead.resolve(null)
+  await idle()
+  const m1 = await message(alice, 2, 'm1 while bob is away')
+
+  // Bob's phone starts catching up, but its cursor read is slow.
+  const bobPhone = connect(2)
+  const phoneRead = await seenThrough.call(1)
+  // His laptop connects meanwhile: it must catch up as well, not just go live.
+  const bobLaptop = connect(2)
+  const laptopRead = await seenThrough.call(2)
+  laptopRead.resolve(await store.seenThrough(2))
+  await idle()
+  t.strictSame(messagesOf(bobLaptop.socket).map((frame) => frame.id), [m1], 'the laptop got the missed message')
+
+  const m2 = await message(alice, 2, 'm2 live')
+  await idle()
+  t.strictSame(messagesOf(bobLaptop.socket).map((frame) => frame.id), [m1, m2])
+
+  // Both go away before the phone's catch-up ever finished: the laptop's did, so the cursor moves.
+  bobPhone.disconnect()
+  bobLaptop.disconnect()
+  phoneRead.resolve(null)
+  await chat.drain()
+  t.equal(await store.seenThrough(2), m2)
+})
+
+test('seen-through: a message handed to a closing socket is not counted as received, and is replayed on the next connection', async (t) => {
+  const { chat, connect, idle, message, store } = setup(t)
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  const m1 = await message(alice, 2, 'm1')
+  await idle()
+  // The client started the closing handshake; ws reports the 'close' event only when it completes.
+  bob.socket.readyState = WebSocket.CLOSING
+  const m2 = await message(alice, 2, 'm2')
+  await idle()
+  t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), [m1], 'nothing written to the closing socket')
+  t.strictSame(bob.socket.dropped, [], 'not even attempted')
+  bob.disconnect()
+  await chat.drain()
+  t.equal(await store.seenThrough(2), m1)
+
+  const bobAgain = connect(2)
+  await idle()
+  t.strictSame(messagesOf(bobAgain.socket).map((frame) => frame.id), [m2])
+})
+
+test('seen-through: a socket closed by the server mid-way counts only what it received before', async (t) => {
+  const { chat, connect, idle, message, store } = setup(t)
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  const m1 = await message(alice, 2, 'm1')
+  bob.session.connection.close(1001, 'server shutting down')
+  const m2 = await message(alice, 2, 'm2')
+  bob.disconnect()
+  await chat.drain()
+  t.equal(await store.seenThrough(2), m1)
+  const bobAgain = connect(2)
+  await idle()
+  t.strictSame(messagesOf(bobAgain.socket).map((frame) => frame.id), [m2])
+})
+
+test('drain waits for the cursor writes of users who went offline', async (t) => {
+  const store = createMemoryMessageStore()
+  const marks = holdCalls<[number, string], void>()
+  const { chat, connect, idle, message, errors } = setup(t, {
+    store,
+    messages: storeView(store, { markSeen: (userId, id) => marks.fn([userId, id]) })
+  })
+  await chat.drain()
+  t.pass('nothing to wait for at first')
+
+  const alice = connect(1)
+  const bob = connect(2)
+  const carol = connect(3)
+  await idle()
+  const toBob = await message(alice, 2, 'for bob')
+  const toCarol = await message(alice, 3, 'for carol')
+  await idle()
+  bob.disconnect()
+  carol.disconnect()
+  const bobMark = await marks.call(0)
+  const carolMark = await marks.call(1)
+  t.strictSame([bobMark.args, carolMark.args], [[2, toBob], [3, toCarol]])
+
+  let drained = false
+  const draining = chat.drain().then(() => { drained = true })
+  bobMark.resolve()
+  // Waiting for what must not happen: drain resolving while carol's cursor is still being written.
+  await settled()
+  t.equal(drained, false, 'not while a cursor write is in flight')
+  const failure = new Error('update failed')
+  carolMark.reject(failure)
+  await draining
+  t.equal(drained, true, 'a failed write ends the wait too')
+  t.strictSame(errors, [failure], 'and is reported')
 })

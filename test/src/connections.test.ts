@@ -1,9 +1,9 @@
 import { test } from 'tap'
 import { createConnectionRegistry, type Connection, type ConnectionRegistry } from '../../src/connections.js'
-import type { OutputFormat } from '../../src/protocol.js'
+import type { EncodedMessage, OutputFormat } from '../../src/protocol.js'
 
 interface FakeConnection extends Connection {
-  sent: string[]
+  delivered: EncodedMessage[]
   closes: Array<{ code: number, reason: string }>
 }
 
@@ -12,9 +12,9 @@ function fakeConnection (userId: number, sessionId = `session-of-${userId}`, for
     userId,
     sessionId,
     format,
-    sent: [],
+    delivered: [],
     closes: [],
-    send (data) { connection.sent.push(data) },
+    deliver (message) { connection.delivered.push(message) },
     close (code, reason) {
       connection.closes.push({ code, reason })
       onClose?.(connection)

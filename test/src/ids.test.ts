@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { MAX_NODE_ID, createIdGenerator, idTime } from '../../src/ids.js'
+import { MAX_NODE_ID, compareIds, createIdGenerator, idTime, isMessageId } from '../../src/ids.js'
 
 const T = Date.UTC(2025, 5, 1, 12, 0, 0)
 
@@ -84,4 +84,58 @@ test('a clock going backwards never produces a smaller id', async (t) => {
     }
   }
   t.ok(increasing, 'every id is greater than the one before')
+})
+
+test('compareIds orders ids as numbers, across lengths', async (t) => {
+  const MAX_U64 = '18446744073709551615'
+  const cases: Array<[string, string, number]> = [
+    ['0', '0', 0],
+    ['9', '10', -1],
+    ['10', '9', 1],
+    ['99', '100', -1],
+    ['123', '123', 0],
+    ['123', '124', -1],
+    ['200', '199', 1],
+    ['9223372036854775807', MAX_U64, -1],
+    [MAX_U64, '9999999999999999999', 1],
+    [MAX_U64, MAX_U64, 0]
+  ]
+  for (const [a, b, sign] of cases) t.equal(Math.sign(compareIds(a, b)), sign, `${a} vs ${b}`)
+
+  // Plain string order would put '10' before '9'; numeric order must not.
+  const ids = ['100', '9', '18446744073709551615', '0', '10', '99', '1000000000000', '11', '1']
+  const sorted = [...ids].sort(compareIds)
+  t.strictSame(sorted, [...ids].sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : BigInt(a) > BigInt(b) ? 1 : 0)))
+  t.strictSame(sorted, ['0', '1', '9', '10', '11', '99', '100', '1000000000000', '18446744073709551615'])
+})
+
+test('compareIds agrees with the order ids are generated in', async (t) => {
+  const clock = manualClock()
+  const ids = createIdGenerator({ nodeId: 9, clock: clock.read })
+  const made: string[] = []
+  for (let i = 0; i < 100; i++) {
+    made.push(ids.next())
+    clock.now += 997
+  }
+  t.ok(made.every((id, index) => index === 0 || compareIds(made[index - 1] as string, id) < 0))
+})
+
+test('isMessageId accepts plain decimal 64-bit unsigned numbers only', async (t) => {
+  for (const id of ['0', '1', '42', '9007199254740993', '9999999999999999999', '18446744073709551615']) {
+    t.equal(isMessageId(id), true, `${id} accepted`)
+  }
+  const made = createIdGenerator({ nodeId: MAX_NODE_ID }).next()
+  t.equal(isMessageId(made), true, 'a generated id')
+
+  const refused = [
+    '18446744073709551616', // 2^64
+    '99999999999999999999', // 20 digits, above 2^64 - 1
+    '1'.repeat(21), '100000000000000000000', // 21 digits
+    '00', '01', '007', // leading zeros
+    '+1', '-1', '-0', // signs
+    ' 1', '1 ', '1 2', '\t1', '1\n', // spaces
+    '', '1.0', '1e3', '0x1', 'abc', '\u0661', // not plain decimal digits (the last is an Arabic-Indic one)
+    '\uff11' // a fullwidth 1
+  ]
+  for (const id of refused) t.equal(isMessageId(id), false, `${JSON.stringify(id)} refused`)
 })

@@ -91,6 +91,15 @@ test('a bad client id is BAD_FORMAT', async (t) => {
   }
 })
 
+test('a lone surrogate in JSON text or id is BAD_FORMAT (storage could not keep it); a pair is fine', async (t) => {
+  // JSON.stringify writes lone surrogates as \\u escapes, which JSON.parse turns back into them.
+  t.strictSame(outcome(parse(json({ type: 'message', to: 2, text: 'a\ud800b', id: 'r' }))), { code: 'BAD_FORMAT', ref: 'r' })
+  t.strictSame(outcome(parse(json({ type: 'message', to: 2, text: '\udc00' }))), { code: 'BAD_FORMAT' })
+  t.strictSame(outcome(parse(json({ type: 'message', to: 2, text: 'end\ud83d' }))), { code: 'BAD_FORMAT' })
+  t.strictSame(outcome(parse(json({ type: 'message', to: 2, text: 'x', id: 'r\ud800' }))), { code: 'BAD_FORMAT' })
+  t.strictSame(outcome(parse(json({ type: 'message', to: 2, text: 'ok \ud83d\ude00', id: '\ud83d\ude00' }))), { code: 'ok' })
+})
+
 test('invalid JSON is BAD_JSON', async (t) => {
   for (const data of ['{', '{"type":"ping"', "{'type':'ping'}", '{"type":"ping"}x', '{type:"ping"}']) {
     t.strictSame(outcome(parse(data)), { code: 'BAD_JSON' }, data)
@@ -144,7 +153,7 @@ test('TOO_LONG counts code points, not UTF-16 units', async (t) => {
   t.ok(parse(`2:${'a'.repeat(MAX_CHARS)}`).ok, '4000 ASCII characters')
   t.strictSame(outcome(parse(`2:${'a'.repeat(MAX_CHARS + 1)}`)), { code: 'TOO_LONG' }, '4001 ASCII characters')
   t.ok(parse(`2:${emoji.repeat(MAX_CHARS - 1)}a`).ok, 'mixed, at the limit')
-  t.strictSame(outcome(parse(`2:${'\ud800'.repeat(MAX_CHARS + 1)}`)), { code: 'TOO_LONG' }, 'lone surrogates count one each')
+  t.strictSame(outcome(parse(`2:${'\ud800'.repeat(MAX_CHARS + 1)}`)), { code: 'BAD_FORMAT' }, 'lone surrogates are refused whatever their count')
   t.strictSame(outcome(parse(json({ type: 'message', to: 2, text: emoji.repeat(MAX_CHARS + 1), id: 'long' }))), { code: 'TOO_LONG', ref: 'long' }, 'JSON, carrying the ref')
   t.ok(parse(json({ type: 'message', to: 2, text: emoji.repeat(MAX_CHARS) })).ok, 'JSON at the limit')
   t.strictSame(outcome(parse('2:abc', 2)), { code: 'TOO_LONG' }, 'maxChars is the one given')
@@ -153,8 +162,18 @@ test('TOO_LONG counts code points, not UTF-16 units', async (t) => {
 test('encodeMessage encodes once per format', async (t) => {
   const message = { id: '123456789', from: 1, to: 2, text: 'a:b\n"c"', sentAt: '2025-06-01T12:00:00.000Z' }
   const encoded = encodeMessage(message)
+  t.strictSame(Object.keys(encoded).sort(), ['id', 'json', 'text'])
+  t.equal(encoded.id, '123456789', 'the server id, for replay and cursors')
   t.strictSame(JSON.parse(encoded.json), { type: 'message', ...message })
   t.equal(encoded.text, '1:a:b\n"c"')
+})
+
+test('encodeMessage takes only the wire fields of a stored message', async (t) => {
+  const stored = { id: '18446744073709551615', from: 3, to: 4, text: 'x', sentAt: '2025-06-01T12:00:00.000Z', ref: 'client-ref' }
+  const encoded = encodeMessage(stored)
+  t.equal(encoded.id, '18446744073709551615', 'a large id stays a string, digit for digit')
+  t.strictSame(JSON.parse(encoded.json), { type: 'message', id: '18446744073709551615', from: 3, to: 4, text: 'x', sentAt: '2025-06-01T12:00:00.000Z' },
+    'the client ref is never sent to the recipient')
 })
 
 test('ackFrame with and without a ref', async (t) => {
