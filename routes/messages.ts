@@ -1,5 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
+import { InvalidInputError } from '../src/errors.js'
+import { isMessageId } from '../src/ids.js'
 import { ErrorSchema, MessageIdSchema, MessageSchema, UserIdSchema } from '../src/schemas.js'
 
 export default (async function messagesRoutes (fastify) {
@@ -31,6 +33,8 @@ export default (async function messagesRoutes (fastify) {
     }
   }, async (request) => {
     const { with: peerId, before, limit } = request.query
+    // The schema's pattern admits any 20 digits; ids stop below 2^64.
+    if (before !== undefined && !isMessageId(before)) throw new InvalidInputError('VALIDATION_FAILED', 'querystring/before must be a message id below 2^64')
     const userId = request.identity?.userId ?? 0
     // One more than asked: whether it comes back says if there is an older page.
     const page = await messages.history({ userId, peerId, ...(before === undefined ? {} : { before }), limit: limit + 1 })

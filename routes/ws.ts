@@ -2,7 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest, LogLevel } from 'fastify'
 import Type from 'typebox'
 import { INVALID_TOKEN } from '../src/access-tokens.js'
-import { ForbiddenError, UnauthorizedError } from '../src/errors.js'
+import { ForbiddenError, InvalidInputError, UnauthorizedError } from '../src/errors.js'
+import { isMessageId } from '../src/ids.js'
 import { MessageIdSchema, toPublicUser, type PublicUser } from '../src/schemas.js'
 import { requestToken } from '../plugins/auth.js'
 
@@ -54,7 +55,12 @@ export default (async function wsRoutes (fastify) {
       if (!sessionLive) throw new UnauthorizedError(INVALID_TOKEN, 'the session of this token has ended')
       request.identity = identity
       profiles.set(request, toPublicUser(user))
-    }]
+    }],
+    // The schema's pattern admits any 20 digits; ids stop below 2^64.
+    preHandler: async (request) => {
+      const { since } = request.query
+      if (since !== undefined && !isMessageId(since)) throw new InvalidInputError('VALIDATION_FAILED', 'querystring/since must be a message id below 2^64')
+    }
   }, (socket, request) => {
     const user = profiles.get(request)
     const identity = request.identity

@@ -92,6 +92,8 @@ export function createChat (dependencies: ChatDependencies) {
     let closed = false
     /** Live messages that arrive while the connection replays, or null once it is live. */
     let heldBack: EncodedMessage[] | null = []
+    /** The newest message the replay sent; a live copy of it (stored, read by the replay, routed later) must not follow. */
+    let replayedThrough: string | null = null
     // Frames are handled strictly in arrival order, even when one must wait on a store.
     let pending: Promise<void> | undefined
 
@@ -106,9 +108,16 @@ export function createChat (dependencies: ChatDependencies) {
       sessionId: identity.sessionId,
       format,
       deliver (message) {
-        if (heldBack !== null) heldBack.push(message)
-        else write(message)
+        if (heldBack !== null) {
+          heldBack.push(message)
+          return
+        }
+        // Messages are routed in id order: one not newer than the replay's last was replayed already.
+        if (replayedThrough !== null && compareIds(message.id, replayedThrough) <= 0) return
+        replayedThrough = null
+        write(message)
       },
+      isOpen: () => socket.readyState === OPEN,
       close (code, reason) {
         if (closing) return
         closing = true
@@ -154,14 +163,21 @@ export function createChat (dependencies: ChatDependencies) {
       // Messages stored during the replay may have been read by it too: each goes out once.
       const arrived = heldBack ?? []
       heldBack = null
+      replayedThrough = replayed.size > 0 ? cursor : null
       for (const message of arrived) if (!replayed.has(message.id)) write(message)
       return !closing
     }
 
+    /**
+     * Replays what the user's sockets have not received: after the newest
+     * message one of them got, or, when none is known here (or another
+     * catch-up is still under way), after the stored cursor.
+     */
     async function catchUp (): Promise<void> {
+      const known = catchingUp.has(user.id) ? undefined : newestReceived.get(user.id)
       catchingUp.add(user.id)
-      const seen = await messages.seenThrough(user.id)
-      if (await replay(seen ?? '0')) catchingUp.delete(user.id)
+      const after = known ?? await messages.seenThrough(user.id) ?? '0'
+      if (await replay(after)) catchingUp.delete(user.id)
     }
 
     async function deliver (to: number, text: string, ref: string | undefined): Promise<void> {
@@ -239,8 +255,9 @@ export function createChat (dependencies: ChatDependencies) {
       pending = tracked
     }
 
-    // Back from offline (or joining a device still catching up): replay from where they left off.
-    const needsCatchUp = !registry.isOnline(user.id) || catchingUp.has(user.id)
+    // Back from offline (no socket of theirs that can still receive, or one still catching up):
+    // replay from where they left off. A socket that is closing does not count: it may miss messages.
+    const needsCatchUp = !registry.hasOpenConnection(user.id) || catchingUp.has(user.id)
     registry.add(connection)
     sendJson(welcomeFrame(user, expiresAt))
     armExpiry()

@@ -8,6 +8,8 @@ export interface Connection {
   readonly format: OutputFormat
   /** A chat message to or from this user (held back while the connection replays what it missed). */
   deliver (message: EncodedMessage): void
+  /** False once the socket has started closing, though it stays registered until it has closed. */
+  isOpen (): boolean
   close (code: number, reason: string): void
 }
 
@@ -51,6 +53,12 @@ export function createConnectionRegistry () {
 
     isOnline (userId: number): boolean {
       return byUser.has(userId)
+    },
+
+    /** Whether one of the user's sockets can still receive messages. */
+    hasOpenConnection (userId: number): boolean {
+      for (const connection of byUser.get(userId) ?? []) if (connection.isOpen()) return true
+      return false
     },
 
     /** Online user ids in ascending order, `limit` at a time after `after`. */

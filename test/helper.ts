@@ -362,6 +362,53 @@ export async function connectWs (t: Test, wsUrl: string, options: WsConnectOptio
   return client
 }
 
+/** A chat message as tests compare it: the server's message frame without `type` and `sentAt`. */
+export interface ChatLine {
+  id: string
+  from: number
+  to: number
+  text: string
+}
+
+export interface OutgoingMessage {
+  to: number
+  text: string
+  /** The client ref (`id` of a JSON frame). */
+  ref?: string
+  /** Send as `<to>:<text>` (which has no ref) rather than JSON. */
+  legacy?: boolean
+}
+
+/**
+ * Sends messages on one socket and reads their acks (one socket's frames
+ * are acknowledged in order); the socket must receive nothing else meanwhile.
+ */
+export async function sendMessages (client: WsClient, from: number, messages: readonly OutgoingMessage[]): Promise<ChatLine[]> {
+  for (const { to, text, ref, legacy } of messages) {
+    client.send(legacy === true ? `${to}:${text}` : { type: 'message', to, text, ...(ref === undefined ? {} : { id: ref }) })
+  }
+  const sent: ChatLine[] = []
+  for (const { to, text, ref, legacy } of messages) {
+    const ack = await client.nextJson()
+    if (ack.type !== 'ack' || typeof ack.id !== 'string' || ack.ref !== (legacy === true ? undefined : ref)) {
+      throw new Error(`expected the ack of ${JSON.stringify({ to, text, ref })}, got ${JSON.stringify(ack)}`)
+    }
+    sent.push({ id: ack.id, from, to, text })
+  }
+  return sent
+}
+
+/** Reads the next `count` frames, each of which must be a chat message. */
+export async function receiveMessages (client: WsClient, count: number): Promise<ChatLine[]> {
+  const received: ChatLine[] = []
+  while (received.length < count) {
+    const frame = await client.nextJson()
+    if (frame.type !== 'message') throw new Error(`expected message ${received.length + 1} of ${count}, got ${JSON.stringify(frame)}`)
+    received.push({ id: String(frame.id), from: Number(frame.from), to: Number(frame.to), text: String(frame.text) })
+  }
+  return received
+}
+
 /** Attempts `GET /ws` and expects it refused: the HTTP status and JSON body, with no upgrade. */
 export async function refusedUpgrade (wsUrl: string, options: WsConnectOptions = {}): Promise<{ statusCode: number, body: unknown }> {
   const socket = new WebSocket(wsAddress(wsUrl, options), { headers: wsHeaders(options) })

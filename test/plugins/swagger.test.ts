@@ -39,6 +39,7 @@ const EXPECTED: Record<string, { success: number, errors: number[], bearer: bool
   'GET /users/me': { success: 200, errors: [401, 429], bearer: true },
   'GET /users/online': { success: 200, errors: [400, 401, 429], bearer: true },
   'GET /users/{id}': { success: 200, errors: [400, 401, 404, 429], bearer: true },
+  'GET /messages': { success: 200, errors: [400, 401, 429], bearer: true },
   'GET /health': { success: 200, errors: [], bearer: false },
   'GET /ready': { success: 200, errors: [503], bearer: false }
 }
@@ -179,6 +180,9 @@ test('what the server answers matches the documented schemas', async (t) => {
   await check({ method: 'GET', url: `/users/${other.id}`, headers }, '/users/{id}', 200)
   await check({ method: 'GET', url: `/users/${me.id + other.id + 100}`, headers }, '/users/{id}', 404)
   await check({ method: 'GET', url: '/users/abc', headers }, '/users/{id}', 400)
+  await check({ method: 'GET', url: `/messages?with=${other.id}`, headers }, '/messages', 200)
+  await check({ method: 'GET', url: '/messages?with=abc', headers }, '/messages', 400)
+  await check({ method: 'GET', url: `/messages?with=${other.id}` }, '/messages', 401)
   await check({ method: 'GET', url: '/health' }, '/health', 200)
   await check({ method: 'GET', url: '/ready' }, '/ready', 200)
   await check({ method: 'POST', url: '/auth/logout', payload: { refresh_token: rotated.refresh_token } }, '/auth/logout', 204)

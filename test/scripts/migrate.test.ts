@@ -21,9 +21,9 @@ async function tablesOf (t: Test, uri: string): Promise<string[]> {
   const pool = createPool({ uri })
   t.teardown(() => pool.end())
   const [rows] = await pool.query<RowDataPacket[]>(
-    'SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME'
+    'SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()'
   )
-  return rows.map((row) => String(row.name))
+  return rows.map((row) => String(row.name)).sort()
 }
 
 test('without MYSQL_URL it fails and names the variable', async (t) => {
@@ -54,6 +54,9 @@ test('an unreachable database is a failure with the cause', async (t) => {
   t.match(err, /db:migrate: failed: .*ECONNREFUSED/)
 })
 
+/** Every table the migrations make, in name order. */
+const ALL_TABLES = ['message_cursors', 'messages', 'schema_migrations', 'users']
+
 test('db:migrate on MariaDB/MySQL', async (t) => {
   const backends = realBackends()
   if ('skip' in backends) return t.plan(0, backends.skip)
@@ -63,8 +66,9 @@ test('db:migrate on MariaDB/MySQL', async (t) => {
   const first = await run([], env)
   t.equal(first.code, 0, first.err)
   t.match(first.out, /^applied {2}1 create users$/m)
-  t.match(first.out, /^schema version: 1$/m)
-  t.strictSame(await tablesOf(t, uri), ['schema_migrations', 'users'])
+  t.match(first.out, /^applied {2}2 create messages and message cursors$/m)
+  t.match(first.out, /^schema version: 2$/m)
+  t.strictSame(await tablesOf(t, uri), ALL_TABLES)
 
   const again = await run([], env)
   t.equal(again.code, 0)
@@ -72,11 +76,12 @@ test('db:migrate on MariaDB/MySQL', async (t) => {
 
   const refused = await run(['--to', '0'], env)
   t.equal(refused.code, 1, 'rolling back needs --yes')
-  t.match(refused.err, /refusing to roll back from version 1 to 0.*--yes/)
-  t.strictSame(await tablesOf(t, uri), ['schema_migrations', 'users'], 'nothing was dropped')
+  t.match(refused.err, /refusing to roll back from version 2 to 0.*--yes/)
+  t.strictSame(await tablesOf(t, uri), ALL_TABLES, 'nothing was dropped')
 
   const rolledBack = await run(['--to', '0', '--yes'], env)
   t.equal(rolledBack.code, 0, rolledBack.err)
+  t.match(rolledBack.out, /^reverted 2 create messages and message cursors$/m)
   t.match(rolledBack.out, /^reverted 1 create users$/m)
   t.match(rolledBack.out, /^schema version: 0$/m)
   t.strictSame(await tablesOf(t, uri), ['schema_migrations'])
@@ -84,6 +89,7 @@ test('db:migrate on MariaDB/MySQL', async (t) => {
   const up = await run(['--to', '1'], env)
   t.equal(up.code, 0, 'going up needs no --yes')
   t.match(up.out, /^applied {2}1 create users$/m)
+  t.strictSame(await tablesOf(t, uri), ['schema_migrations', 'users'], 'only as far as asked')
 })
 
 test('the password in MYSQL_URL is never printed', async (t) => {

@@ -872,6 +872,27 @@ test('seen-through: a message handed to a closing socket is not counted as recei
   t.strictSame(messagesOf(bobAgain.socket).map((frame) => frame.id), [m2])
 })
 
+test('catch-up: a new socket while the only other one is still closing replays what the closing one missed', async (t) => {
+  const { connect, idle, message } = setup(t)
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  const m1 = await message(alice, 2, 'm1')
+  await idle()
+  // Bob's socket is closing but its TCP connection lingers: it stays registered and misses m2.
+  bob.socket.readyState = WebSocket.CLOSING
+  const m2 = await message(alice, 2, 'm2')
+  await idle()
+
+  const bobAgain = connect(2)
+  await idle()
+  t.strictSame(messagesOf(bobAgain.socket).map((frame) => frame.id), [m2], 'the new socket gets m2, and not m1 again')
+  const m3 = await message(alice, 2, 'm3')
+  await idle()
+  t.strictSame(messagesOf(bobAgain.socket).map((frame) => frame.id), [m2, m3], 'then goes live')
+  t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), [m1], 'the closing socket got nothing more')
+})
+
 test('seen-through: a socket closed by the server mid-way counts only what it received before', async (t) => {
   const { chat, connect, idle, message, store } = setup(t)
   const alice = connect(1)

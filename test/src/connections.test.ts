@@ -15,6 +15,7 @@ function fakeConnection (userId: number, sessionId = `session-of-${userId}`, for
     delivered: [],
     closes: [],
     deliver (message) { connection.delivered.push(message) },
+    isOpen: () => connection.closes.length === 0,
     close (code, reason) {
       connection.closes.push({ code, reason })
       onClose?.(connection)
@@ -138,4 +139,19 @@ test('connectionCount follows adds and removes', async (t) => {
   registry.remove(a)
   registry.remove(c)
   t.equal(registry.connectionCount, 0)
+})
+
+test('hasOpenConnection ignores sockets that have started closing', async (t) => {
+  const registry = createConnectionRegistry()
+  const phone = fakeConnection(1)
+  const laptop = fakeConnection(1)
+  t.equal(registry.hasOpenConnection(1), false, 'nobody')
+  registry.add(phone)
+  registry.add(laptop)
+  t.equal(registry.hasOpenConnection(1), true)
+  phone.close(1000, 'bye')
+  t.equal(registry.hasOpenConnection(1), true, 'the laptop is still open')
+  laptop.close(1000, 'bye')
+  t.equal(registry.isOnline(1), true, 'both still registered until their close events')
+  t.equal(registry.hasOpenConnection(1), false, 'but neither can receive')
 })
