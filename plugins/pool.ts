@@ -6,6 +6,7 @@ import { createConnectionRegistry } from '../src/connections.js'
 import { createIdGenerator, MAX_NODE_ID } from '../src/ids.js'
 import { CLOSE_CODES } from '../src/protocol.js'
 import type { SaveOutcome, StoredMessage } from '../src/stores/messages-memory.js'
+import { leaseNodeId } from '../src/stores/node-ids-redis.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -25,11 +26,28 @@ const MAX_BATCH_TEXT = 2_000_000
 const CLOSE_WAIT_MS = 3000
 /** Known user ids remembered, so messages to offline users rarely ask the database. */
 const KNOWN_USERS_CAP = 100_000
+/** A node id lease lasts this long unless renewed, which happens three times as often. */
+const NODE_ID_LEASE_MS = 60_000
 
 export default fp(async function poolPlugin (fastify) {
   const config = fastify.switchboardConfig
   const { users, messages } = fastify.switchboardDb
-  const ids = createIdGenerator({ nodeId: randomInt(MAX_NODE_ID + 1) })
+  // With Redis, several nodes may run: each leases its own node id, so message ids never collide.
+  const { redis, keyPrefix } = fastify.switchboardShared
+  const lease = redis === null ? null : await leaseNodeId(redis, { prefix: keyPrefix, ttlMs: NODE_ID_LEASE_MS })
+  const ids = createIdGenerator({ nodeId: lease?.nodeId ?? randomInt(MAX_NODE_ID + 1) })
+  if (lease !== null) {
+    const renewing = setInterval(() => {
+      lease.renew()
+        .then((held) => { if (!held) fastify.log.error({ nodeId: lease.nodeId }, 'node id lease lost: message ids may collide with another node\'s') })
+        .catch((error: unknown) => fastify.log.warn({ err: error }, 'renewing the node id lease failed'))
+    }, NODE_ID_LEASE_MS / 3)
+    renewing.unref()
+    fastify.addHook('onClose', async () => {
+      clearInterval(renewing)
+      await lease.release()
+    })
+  }
   const batcher = createBatcher<StoredMessage, SaveOutcome>({
     flush: messages.save,
     maxBatch: MAX_BATCH,
@@ -76,4 +94,4 @@ export default fp(async function poolPlugin (fastify) {
     await batcher.drain()
     await chat.drain()
   })
-}, { fastify: '5.x', name: 'switchboard-pool', dependencies: ['switchboard-config', 'switchboard-db', 'switchboard-auth'] })
+}, { fastify: '5.x', name: 'switchboard-pool', dependencies: ['switchboard-config', 'switchboard-db', 'switchboard-redis', 'switchboard-auth'] })
