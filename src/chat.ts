@@ -112,7 +112,7 @@ export function createChat (dependencies: ChatDependencies) {
           heldBack.push(message)
           return
         }
-        // Messages are routed in id order: one not newer than the replay's last was replayed already.
+        // On one node messages are routed in id order: one not newer than the replay's last was replayed already.
         if (replayedThrough !== null && compareIds(message.id, replayedThrough) <= 0) return
         replayedThrough = null
         write(message)

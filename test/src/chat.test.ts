@@ -850,8 +850,10 @@ test('catch-up: a device that connects while another is still catching up replay
   t.equal(await store.seenThrough(2), m2)
 })
 
-test('seen-through: a message handed to a closing socket is not counted as received, and is replayed on the next connection', async (t) => {
-  const { chat, connect, idle, message, store } = setup(t)
+/** Bob gets m1; then his only socket starts closing (still registered) and m2 is sent to him. */
+async function messageWhileClosing (t: Test) {
+  const chatSetup = setup(t)
+  const { connect, idle, message } = chatSetup
   const alice = connect(1)
   const bob = connect(2)
   await idle()
@@ -861,6 +863,11 @@ test('seen-through: a message handed to a closing socket is not counted as recei
   bob.socket.readyState = WebSocket.CLOSING
   const m2 = await message(alice, 2, 'm2')
   await idle()
+  return { ...chatSetup, alice, bob, m1, m2 }
+}
+
+test('seen-through: a message handed to a closing socket is not counted as received, and is replayed on the next connection', async (t) => {
+  const { chat, connect, idle, store, bob, m1, m2 } = await messageWhileClosing(t)
   t.strictSame(messagesOf(bob.socket).map((frame) => frame.id), [m1], 'nothing written to the closing socket')
   t.strictSame(bob.socket.dropped, [], 'not even attempted')
   bob.disconnect()
@@ -873,16 +880,8 @@ test('seen-through: a message handed to a closing socket is not counted as recei
 })
 
 test('catch-up: a new socket while the only other one is still closing replays what the closing one missed', async (t) => {
-  const { connect, idle, message } = setup(t)
-  const alice = connect(1)
-  const bob = connect(2)
-  await idle()
-  const m1 = await message(alice, 2, 'm1')
-  await idle()
   // Bob's socket is closing but its TCP connection lingers: it stays registered and misses m2.
-  bob.socket.readyState = WebSocket.CLOSING
-  const m2 = await message(alice, 2, 'm2')
-  await idle()
+  const { connect, idle, message, alice, bob, m1, m2 } = await messageWhileClosing(t)
 
   const bobAgain = connect(2)
   await idle()
