@@ -45,6 +45,15 @@ export interface OpenOptions {
   since?: string
 }
 
+/** Failed saves remembered for routing a resend (the oldest are forgotten first). */
+const MAX_UNROUTED = 10_000
+
+/** Adds to a set that keeps at most `cap` entries, forgetting the oldest. */
+function remember (set: Set<string>, value: string, cap: number): void {
+  set.add(value)
+  if (set.size > cap) set.delete(set.values().next().value as string)
+}
+
 /** Timers longer than this overflow Node's 32-bit delay; re-armed when they fire early. */
 const MAX_TIMER_MS = 2_147_483_647
 
@@ -64,6 +73,12 @@ export function createChat (dependencies: ChatDependencies) {
    * a missed one not yet replayed), and further connections catch up too.
    */
   const catchingUp = new Set<number>()
+  /**
+   * Ids whose save failed: the row may be stored all the same (the failure
+   * came after the write), so a resend that turns out to be a duplicate of
+   * one of them is routed then, not just acknowledged.
+   */
+  const unrouted = new Set<string>()
   /** Cursor writes still in flight, so shutdown can wait for them. */
   const cursorWrites = new Set<Promise<void>>()
 
@@ -173,10 +188,10 @@ export function createChat (dependencies: ChatDependencies) {
      * message one of them got, or, when none is known here (or another
      * catch-up is still under way), after the stored cursor.
      */
-    async function catchUp (): Promise<void> {
+    async function catchUp (since: string | undefined): Promise<void> {
       const known = catchingUp.has(user.id) ? undefined : newestReceived.get(user.id)
       catchingUp.add(user.id)
-      const after = known ?? await messages.seenThrough(user.id) ?? '0'
+      const after = since ?? known ?? await messages.seenThrough(user.id) ?? '0'
       if (await replay(after)) catchingUp.delete(user.id)
     }
 
@@ -185,10 +200,18 @@ export function createChat (dependencies: ChatDependencies) {
         sendError({ code: 'UNKNOWN_USER', message: `user ${to} does not exist`, ref })
         return
       }
-      const outcome = await saveMessage({ id: nextMessageId(), from: user.id, to, text, sentAt: new Date().toISOString(), ref: ref ?? null })
+      const stored: StoredMessage = { id: nextMessageId(), from: user.id, to, text, sentAt: new Date().toISOString(), ref: ref ?? null }
+      let outcome: SaveOutcome
+      try {
+        outcome = await saveMessage(stored)
+      } catch (error) {
+        if (stored.ref !== null) remember(unrouted, stored.id, MAX_UNROUTED)
+        throw error
+      }
       const id = outcome.message.id
-      // A resend of a stored message is acknowledged again, never delivered twice.
-      if (!outcome.duplicate) {
+      // A resend of a stored message is acknowledged again, never delivered twice,
+      // unless the first attempt failed after all and was never routed.
+      if (!outcome.duplicate || unrouted.delete(id)) {
         const message = encodeMessage(outcome.message)
         for (const recipient of registry.connectionsOf(to) ?? []) {
           if (recipient !== connection) recipient.deliver(message)
@@ -261,10 +284,11 @@ export function createChat (dependencies: ChatDependencies) {
     registry.add(connection)
     sendJson(welcomeFrame(user, expiresAt))
     armExpiry()
-    if (since !== undefined) {
+    if (needsCatchUp) {
+      // A `since` replay is this socket's catch-up: until it ends, other sockets catch up too.
+      settle(catchUp(since))
+    } else if (since !== undefined) {
       settle(replay(since).then(() => {}))
-    } else if (needsCatchUp) {
-      settle(catchUp())
     } else {
       heldBack = null
     }

@@ -578,6 +578,37 @@ test('storage: a failing save is no ack and no delivery; it is reported and the 
   t.strictSame(aliceTablet.socket.sent, [])
 })
 
+test('storage: a save that failed after storing the row is delivered when the client resends it', async (t) => {
+  const store = createMemoryMessageStore()
+  let failNext = true
+  // The row is written, then the save reports a failure (say, the connection dropped after the commit).
+  const saveMessage = async (message: StoredMessage): Promise<SaveOutcome> => {
+    const [outcome] = await store.save([message])
+    if (failNext) {
+      failNext = false
+      throw new Error('connection lost after the write')
+    }
+    return outcome as SaveOutcome
+  }
+  const { connect, idle, message } = setup(t, { store, saveMessage })
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  alice.send({ type: 'message', to: 2, text: 'hello', id: 'r1' })
+  t.match(await alice.socket.closed, { code: 1011 }, 'the sender is told nothing was acknowledged')
+  t.strictSame(messagesOf(bob.socket), [], 'and nothing was routed')
+
+  const aliceAgain = connect(1)
+  await idle()
+  const id = await message(aliceAgain, 2, 'hello', 'r1')
+  await idle()
+  t.strictSame(messagesOf(bob.socket).map((frame) => [frame.id, frame.text]), [[id, 'hello']], 'the resend routes the stored message, once')
+
+  await message(aliceAgain, 2, 'hello', 'r1')
+  await idle()
+  t.equal(messagesOf(bob.socket).length, 1, 'a further resend is only acknowledged')
+})
+
 test('storage: a resend with the same client ref is acked with the original id and delivered once', async (t) => {
   const { connect, idle, message, store } = setup(t)
   const alicePhone = connect(1)
@@ -783,6 +814,37 @@ test('since: a failing replay query is reported and closes the socket with 1011'
   t.match(await bob.socket.closed, { code: 1011 })
   t.strictSame(errors, [failure])
   t.strictSame(bob.socket.sent, [])
+})
+
+test('catch-up: a since replay that never finishes does not let another socket skip what the user missed', async (t) => {
+  const store = createMemoryMessageStore()
+  const bobSince = holdCalls<SinceQuery, StoredMessage[]>()
+  let holdBob = false
+  const since = (query: SinceQuery) => (holdBob && query.userId === 2 ? bobSince.fn(query) : store.since(query))
+  const { chat, connect, idle, message } = setup(t, { store, messages: storeView(store, { since }) })
+  const alice = connect(1)
+  await idle()
+  const missed = [await message(alice, 2, 'm1'), await message(alice, 2, 'm2')]
+
+  // Bob's tablet resumes with since=0, but its replay is slow.
+  holdBob = true
+  const tablet = connect(2, { since: '0' })
+  await bobSince.call(0)
+  holdBob = false
+  // His phone connects meanwhile: the tablet has not caught up, so the phone must.
+  const phone = connect(2)
+  await idle()
+  t.strictSame(messagesOf(phone.socket).map((frame) => frame.id), missed, 'the phone gets what Bob missed')
+  const live = await message(alice, 2, 'm3')
+  await idle()
+
+  tablet.disconnect()
+  phone.disconnect()
+  await chat.drain()
+  const bobLater = connect(2)
+  await idle()
+  t.strictSame(messagesOf(bobLater.socket), [], 'the phone caught up, so nothing is owed')
+  t.equal(messagesOf(phone.socket).at(-1)?.id, live)
 })
 
 test('seen-through: set when the last socket closes to the newest message received, so a reconnect replays only what came after', async (t) => {
