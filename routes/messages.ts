@@ -4,6 +4,8 @@ import { InvalidInputError } from '../src/errors.js'
 import { isMessageId } from '../src/ids.js'
 import { ErrorSchema, MessageIdSchema, MessageSchema, UserIdSchema } from '../src/schemas.js'
 
+const DEFAULT_LIMIT = 50
+
 export default (async function messagesRoutes (fastify) {
   const { messages } = fastify.switchboardDb
 
@@ -19,7 +21,7 @@ export default (async function messagesRoutes (fastify) {
       querystring: Type.Object({
         with: UserIdSchema,
         before: Type.Optional(MessageIdSchema),
-        limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 })
+        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200, default: DEFAULT_LIMIT }))
       }, { additionalProperties: false }),
       response: {
         200: Type.Object({
@@ -32,7 +34,8 @@ export default (async function messagesRoutes (fastify) {
       }
     }
   }, async (request) => {
-    const { with: peerId, before, limit } = request.query
+    // The schema's default fills `limit` in; the type cannot know that.
+    const { with: peerId, before, limit = DEFAULT_LIMIT } = request.query
     // The schema's pattern admits any 20 digits; ids stop below 2^64.
     if (before !== undefined && !isMessageId(before)) throw new InvalidInputError('VALIDATION_FAILED', 'querystring/before must be a message id below 2^64')
     const userId = request.identity?.userId ?? 0

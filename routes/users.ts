@@ -3,6 +3,8 @@ import Type from 'typebox'
 import { UnauthorizedError, NotFoundError } from '../src/errors.js'
 import { ErrorSchema, PublicUserSchema, UserIdSchema, UserSchema, toPublicUser } from '../src/schemas.js'
 
+const DEFAULT_LIMIT = 50
+
 export default (async function usersRoutes (fastify) {
   const users = fastify.switchboardDb.users
   const { registry } = fastify.switchboardChat
@@ -32,7 +34,7 @@ export default (async function usersRoutes (fastify) {
       description: 'In ascending id order; pass `nextCursor` back as `cursor` for the next page.',
       security,
       querystring: Type.Object({
-        limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200, default: DEFAULT_LIMIT })),
         cursor: Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,15}$', description: 'nextCursor of the previous page' }))
       }, { additionalProperties: false }),
       response: {
@@ -47,7 +49,8 @@ export default (async function usersRoutes (fastify) {
       }
     }
   }, async (request) => {
-    const { limit, cursor } = request.query
+    // The schema's default fills `limit` in; the type cannot know that.
+    const { limit = DEFAULT_LIMIT, cursor } = request.query
     const page = registry.onlineUsers({ after: cursor === undefined ? 0 : Number(cursor), limit: limit + 1 })
     const more = page.userIds.length > limit
     const userIds = more ? page.userIds.slice(0, limit) : page.userIds

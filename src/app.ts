@@ -53,7 +53,7 @@ const switchboard: FastifyPluginAsync<SwitchboardOptions> = async function switc
   await fastify.register(poolPlugin)
 
   const volatile = [
-    fastify.switchboardDb.backend === 'memory' ? 'users (set MYSQL_URL)' : null,
+    fastify.switchboardDb.backend === 'memory' ? 'users and messages (set MYSQL_URL)' : null,
     fastify.switchboardShared.backend === 'memory' ? 'refresh tokens and rate limits (set REDIS_URL)' : null
   ].filter((part) => part !== null)
   if (volatile.length > 0) fastify.log.warn(`data is not persistent: ${volatile.join(' and ')} are kept in memory and lost when the process exits`)

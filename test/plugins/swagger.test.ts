@@ -15,6 +15,7 @@ interface JsonSchema {
 interface Operation {
   tags?: string[]
   summary?: string
+  parameters?: Array<{ name: string, in: string, required?: boolean }>
   security?: Array<Record<string, string[]>>
   responses: Record<string, { description?: string, content?: Record<string, { schema?: JsonSchema }> }>
 }
@@ -74,6 +75,16 @@ test('GET /docs/json is a valid OpenAPI 3 document', async (t) => {
   // The parser dereferences in place; give it a copy so the original stays inspectable.
   const validated = await SwaggerParser.validate(structuredClone(document) as unknown as ParserDocument)
   t.ok(validated, 'swagger-parser accepts it')
+})
+
+test('query parameters with a default are documented as optional', async (t) => {
+  const { app } = await buildRecordingRoutes(t)
+  const document = await documentOf(app)
+  const required = (path: string) => Object.fromEntries((document.paths[path]?.get?.parameters ?? [])
+    .filter((parameter) => parameter.in === 'query')
+    .map((parameter) => [parameter.name, parameter.required === true]))
+  t.strictSame(required('/messages'), { with: true, before: false, limit: false })
+  t.strictSame(required('/users/online'), { limit: false, cursor: false })
 })
 
 test('every HTTP route is documented, with tags and response schemas', async (t) => {

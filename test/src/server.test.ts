@@ -89,8 +89,8 @@ test('redactUrl masks the token parameter, and only it', async (t) => {
   t.equal(redactUrl('/users/me'), '/users/me')
 })
 
-test('tokens in the query string never reach the request log', async (t) => {
-  const SECRET = 'SECRETtokenValue123'
+/** A log stream for serverOptions, and the lines written to it. */
+function capturedLog (): { lines: string[], logStream: Writable } {
   const lines: string[] = []
   const logStream = new Writable({
     write (chunk: Buffer, _encoding, done) {
@@ -98,6 +98,23 @@ test('tokens in the query string never reach the request log', async (t) => {
       done()
     }
   })
+  return { lines, logStream }
+}
+
+test('the embedded default says once, at start-up, that users and messages are not persistent', async (t) => {
+  const { lines, logStream } = capturedLog()
+  const app = Fastify(serverOptions({ logLevel: 'info', trustProxy: false }, { logStream }))
+  await app.register(fp(switchboard), TEST_SETTINGS)
+  await app.ready()
+  t.teardown(() => app.close())
+  const warnings = lines.filter((line) => line.includes('not persistent'))
+  t.equal(warnings.length, 1, 'one line')
+  t.match(warnings[0], /users and messages \(set MYSQL_URL\).*refresh tokens and rate limits \(set REDIS_URL\)/)
+})
+
+test('tokens in the query string never reach the request log', async (t) => {
+  const SECRET = 'SECRETtokenValue123'
+  const { lines, logStream } = capturedLog()
   const app = Fastify(serverOptions({ logLevel: 'info', trustProxy: false }, { logStream }))
   await app.register(fp(switchboard), TEST_SETTINGS)
   t.teardown(() => app.close())
