@@ -1,6 +1,7 @@
 import fastifyMysql, { type MySQLPromisePool } from '@fastify/mysql'
 import fp from 'fastify-plugin'
 import type { Pool } from 'mysql2/promise'
+import { loggable } from '../src/errors.js'
 import { createMemoryMessageStore, REF_WINDOW_MS, type MessageStore } from '../src/stores/messages-memory.js'
 import { createMysqlMessageStore } from '../src/stores/messages-mysql.js'
 import { migrate } from '../src/stores/migrate.js'
@@ -72,7 +73,7 @@ export default fp<DbPluginOptions>(async function dbPlugin (fastify, { pool: hos
   // Client refs identify resends for 24 hours; past that they are cleared.
   const forgetting = setInterval(() => {
     database.messages.forgetRefsBefore(Date.now() - REF_WINDOW_MS)
-      .catch((error: unknown) => fastify.log.warn({ err: error }, 'clearing old message refs failed'))
+      .catch((error: unknown) => fastify.log.warn({ err: loggable(error) }, 'clearing old message refs failed'))
   }, FORGET_REFS_EVERY_MS)
   forgetting.unref()
   fastify.addHook('onClose', async () => { clearInterval(forgetting) })

@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import {
-  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError
+  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError, loggable
 } from '../src/errors.js'
 
 /** The one body every error has: Fastify's shape, always with a `code`. */
@@ -58,7 +58,7 @@ export function errorBody (error: HttpishError): ErrorBody {
 export default fp(async function errorHandlerPlugin (fastify) {
   fastify.setErrorHandler(function handleError (error: HttpishError, request, reply) {
     const body = errorBody(error)
-    if (body.statusCode >= 500) request.log.error({ err: error }, 'request failed')
+    if (body.statusCode >= 500) request.log.error({ err: loggable(error) }, 'request failed')
     else request.log.info({ code: body.code, statusCode: body.statusCode }, body.message)
     return reply.code(body.statusCode).send(body)
   })

@@ -4,6 +4,7 @@ import { createBatcher } from '../src/batcher.js'
 import { createChat, type Chat } from '../src/chat.js'
 import { createConnectionRegistry } from '../src/connections.js'
 import { createIdGenerator, MAX_NODE_ID } from '../src/ids.js'
+import { loggable } from '../src/errors.js'
 import { CLOSE_CODES } from '../src/protocol.js'
 import type { SaveOutcome, StoredMessage } from '../src/stores/messages-memory.js'
 import { leaseNodeId } from '../src/stores/node-ids-redis.js'
@@ -64,6 +65,7 @@ export default fp(async function poolPlugin (fastify) {
     return found
   }
 
+  const loggedErrors = new WeakSet<object>()
   const registry = createConnectionRegistry()
   const chat = createChat({
     registry,
@@ -78,7 +80,14 @@ export default fp(async function poolPlugin (fastify) {
       messageRate: config.wsMessageRate,
       messageBurst: config.wsMessageBurst
     },
-    onError: (error) => fastify.log.error({ err: error }, 'websocket frame failed')
+    onError: (error) => {
+      // A failed batch fails every sender in it with one error: log it once.
+      if (typeof error === 'object' && error !== null) {
+        if (loggedErrors.has(error)) return
+        loggedErrors.add(error)
+      }
+      fastify.log.error({ err: loggable(error) }, 'websocket frame failed')
+    }
   })
   fastify.decorate('switchboardChat', chat)
   fastify.switchboardAuth.onSessionRevoked((userId, sessionId) => {

@@ -29,3 +29,13 @@ export class UnavailableError extends DomainError {}
 export class ConfigError extends Error {
   override name = 'ConfigError'
 }
+
+/**
+ * An error as it may be logged. Database drivers attach the statement with
+ * its values (`sql`: message text, emails, hashes); those stay out of logs.
+ */
+export function loggable (error: unknown): unknown {
+  if (typeof error !== 'object' || error === null || !('sql' in error)) return error
+  const { name, message, code, errno, sqlState, stack } = error as Partial<Error> & { code?: unknown, errno?: unknown, sqlState?: unknown }
+  return { type: name, message, code, errno, sqlState, stack }
+}

@@ -32,6 +32,12 @@ async function tinyApp (t: Test): Promise<{ app: FastifyInstance, logs: string[]
     throw Object.assign(new Error(SECRET), { code: 'ER_ACCESS_DENIED', statusCode: 500 })
   })
   app.get('/unavailable', async () => { throw new UnavailableError('REDIS_DOWN', SECRET) })
+  app.get('/database', async () => {
+    // As mysql2 reports a failed statement: with the SQL and its values attached.
+    throw Object.assign(new Error("Table 'chat.messages' doesn't exist"), {
+      code: 'ER_NO_SUCH_TABLE', errno: 1146, sqlState: '42S02', sql: "INSERT INTO messages VALUES (1, 'my private diagnosis')"
+    })
+  })
   app.get('/bare-domain', async () => { throw new DomainError('SOMETHING', SECRET) })
   app.get('/typed/:kind', async (request) => {
     const { kind } = request.params as { kind: string }
@@ -126,4 +132,15 @@ test('an unknown route is a 404 with the error shape', async (t) => {
     t.equal(body.error, 'Not Found')
     t.notOk(body.message.includes('x=1'), 'the query string is not echoed')
   }
+})
+
+test('a database error is logged without its statement or values', async (t) => {
+  const { app, logs } = await tinyApp(t)
+  const response = await call<ErrorBody>(app, { method: 'GET', url: '/database' })
+  t.equal(response.statusCode, 500)
+  t.notMatch(JSON.stringify(response.body), /private|messages/, 'the client learns nothing')
+  const logged = logs.join('')
+  t.match(logged, /ER_NO_SUCH_TABLE/, 'the log keeps what went wrong')
+  t.notMatch(logged, /private diagnosis/, 'but not the values of the statement')
+  t.notMatch(logged, /INSERT INTO/, 'nor the statement')
 })
