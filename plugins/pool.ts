@@ -23,7 +23,7 @@ const MAX_BATCH = 1000
  * well under MariaDB's default 16 MiB max_allowed_packet.
  */
 const MAX_BATCH_TEXT = 2_000_000
-/** How long shutdown waits for sockets to finish closing before it stops waiting. */
+/** How long shutdown waits for sockets to finish the closing handshake before it drops them. */
 const CLOSE_WAIT_MS = 3000
 /** Known user ids remembered, so messages to offline users rarely ask the database. */
 const KNOWN_USERS_CAP = 100_000
@@ -98,9 +98,16 @@ export default fp(async function poolPlugin (fastify) {
   // Messages being stored and cursors being written finish before the stores close.
   fastify.addHook('preClose', async () => {
     registry.closeAll(CLOSE_CODES.goingAway, 'server shutting down')
-    const deadline = Date.now() + CLOSE_WAIT_MS
-    while (registry.connectionCount > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+    await allClosed(CLOSE_WAIT_MS)
+    // A peer that never answers the close would hold shutdown for ws's 30 s close timeout.
+    registry.terminateAll()
+    await allClosed(CLOSE_WAIT_MS)
     await batcher.drain()
     await chat.drain()
   })
+
+  async function allClosed (withinMs: number): Promise<void> {
+    const deadline = Date.now() + withinMs
+    while (registry.connectionCount > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  }
 }, { fastify: '5.x', name: 'switchboard-pool', dependencies: ['switchboard-config', 'switchboard-db', 'switchboard-redis', 'switchboard-auth'] })

@@ -17,9 +17,12 @@ export default fp(async function websocketPlugin (fastify) {
       request.log.warn({ err: error }, 'websocket error')
       if (socket.readyState === socket.OPEN) socket.close(CLOSE_CODES.internalError, 'internal error')
     },
+    // Stop accepting sockets and say goodbye with 1001; switchboard-pool waits for the
+    // sockets to close (dropping those that do not answer), so this does not wait.
     preClose (done) {
       for (const client of this.websocketServer.clients) client.close(CLOSE_CODES.goingAway, 'server shutting down')
-      this.websocketServer.close(() => done())
+      this.websocketServer.close()
+      done()
     }
   })
 }, { fastify: '5.x', name: 'switchboard-websocket', dependencies: ['switchboard-config'] })

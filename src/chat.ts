@@ -14,6 +14,7 @@ export interface Socket {
   readonly readyState: number
   send (data: string): void
   close (code: number, reason: string): void
+  terminate (): void
 }
 
 /** `WebSocket.OPEN`: only an open socket counts as having received a message. */
@@ -137,6 +138,10 @@ export function createChat (dependencies: ChatDependencies) {
         if (closing) return
         closing = true
         socket.close(code, reason)
+      },
+      terminate () {
+        closing = true
+        socket.terminate()
       }
     }
 

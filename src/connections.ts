@@ -11,6 +11,8 @@ export interface Connection {
   /** False once the socket has started closing, though it stays registered until it has closed. */
   isOpen (): boolean
   close (code: number, reason: string): void
+  /** Drops the connection at once, without the closing handshake (a peer that does not answer). */
+  terminate (): void
 }
 
 /**
@@ -84,6 +86,10 @@ export function createConnectionRegistry () {
 
     closeAll (code: number, reason: string): void {
       for (const connections of byUser.values()) for (const connection of connections) connection.close(code, reason)
+    },
+
+    terminateAll (): void {
+      for (const connections of [...byUser.values()]) for (const connection of [...connections]) connection.terminate()
     }
   }
 }

@@ -1,6 +1,9 @@
+import { once } from 'node:events'
+import type { Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { test, type Test } from 'tap'
+import WebSocket from 'ws'
 import {
   call, connectWs, createUser, jwtClaims, listen, signAccessToken,
   type TestUser, type WsClient, type WsConnectOptions
@@ -147,4 +150,28 @@ test('closing the server closes every socket with 1001', async (t) => {
   await app.close()
   const closes = await Promise.all(clients.map((client) => client.closed()))
   t.same(closes.map(({ code }) => code), [1001, 1001, 1001, 1001], 'every client, in either format, gets 1001')
+})
+
+test('shutdown does not wait on a client that never answers the close: it drops it', async (t) => {
+  const { app, wsUrl } = await listen(t)
+  const alice = await createUser(app, 'Alice')
+  const bob = await createUser(app, 'Bob')
+  const polite = await online(t, wsUrl, { token: alice.accessToken })
+  const silent = new WebSocket(`${wsUrl}/ws`, { headers: { authorization: `Bearer ${bob.accessToken}` } })
+  t.teardown(() => silent.terminate())
+  await once(silent, 'message')
+  // Bob's client stops reading its socket: it will never see, or answer, the server's close frame.
+  const raw = (silent as unknown as { _socket: Socket })._socket
+  raw.pause()
+  const silentClosed = once(silent, 'close')
+
+  // ws would otherwise give up on the handshake only after its own 30 s timeout.
+  const guard = sleep(20_000, 'still waiting').then((value) => value)
+  const result = await Promise.race([app.close().then(() => 'closed'), guard])
+  t.equal(result, 'closed', 'the server finished closing')
+  t.equal((await polite.closed()).code, 1001, 'the polite client got 1001')
+  // Reading again, it finds the 1001 that was sent before the server dropped it.
+  raw.resume()
+  const [code] = await silentClosed as [number]
+  t.equal(code, 1001)
 })

@@ -23,6 +23,8 @@ interface FakeSocket extends Socket {
   /** Frames the chat handed over after closing had begun. */
   dropped: string[]
   closes: Close[]
+  /** Dropped without a handshake. */
+  terminated: boolean
   /** Resolves once `check` holds for what has been sent so far. */
   until (check: (sent: string[]) => boolean): Promise<string[]>
   /** Resolves once `count` frames have been sent in all. */
@@ -39,6 +41,7 @@ function fakeSocket (): FakeSocket {
     sent: [],
     dropped: [],
     closes: [],
+    terminated: false,
     closed: new Promise((resolve) => { onClose = resolve }),
     send (data) {
       // As ws: once closing has begun, a frame is dropped, not sent.
@@ -57,6 +60,10 @@ function fakeSocket (): FakeSocket {
       // As ws: closing starts the handshake; the 'close' event (CLOSED) comes later.
       if (socket.readyState === WebSocket.OPEN) socket.readyState = WebSocket.CLOSING
       onClose({ code, reason })
+    },
+    terminate () {
+      socket.terminated = true
+      socket.readyState = WebSocket.CLOSED
     },
     async until (check) {
       if (check(socket.sent)) return socket.sent

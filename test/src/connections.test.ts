@@ -5,6 +5,7 @@ import type { EncodedMessage, OutputFormat } from '../../src/protocol.js'
 interface FakeConnection extends Connection {
   delivered: EncodedMessage[]
   closes: Array<{ code: number, reason: string }>
+  terminated: boolean
 }
 
 function fakeConnection (userId: number, sessionId = `session-of-${userId}`, format: OutputFormat = 'json', onClose?: (self: FakeConnection) => void): FakeConnection {
@@ -15,7 +16,12 @@ function fakeConnection (userId: number, sessionId = `session-of-${userId}`, for
     delivered: [],
     closes: [],
     deliver (message) { connection.delivered.push(message) },
-    isOpen: () => connection.closes.length === 0,
+    isOpen: () => connection.closes.length === 0 && !connection.terminated,
+    terminated: false,
+    terminate () {
+      connection.terminated = true
+      onClose?.(connection)
+    },
     close (code, reason) {
       connection.closes.push({ code, reason })
       onClose?.(connection)
@@ -154,4 +160,17 @@ test('hasOpenConnection ignores sockets that have started closing', async (t) =>
   laptop.close(1000, 'bye')
   t.equal(registry.isOnline(1), true, 'both still registered until their close events')
   t.equal(registry.hasOpenConnection(1), false, 'but neither can receive')
+})
+
+test('terminateAll drops every connection, including ones that leave the registry as they go', async (t) => {
+  const registry = createConnectionRegistry()
+  const connections = [
+    fakeConnection(1, 's1', 'json', (self) => registry.remove(self)),
+    fakeConnection(1, 's2', 'json', (self) => registry.remove(self)),
+    fakeConnection(2, 's3', 'json', (self) => registry.remove(self))
+  ]
+  for (const connection of connections) registry.add(connection)
+  registry.terminateAll()
+  t.strictSame(connections.map((connection) => connection.terminated), [true, true, true])
+  t.equal(registry.connectionCount, 0)
 })
