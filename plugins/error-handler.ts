@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import {
-  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError, loggable
+  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError, UpgradeRequiredError, loggable
 } from '../src/errors.js'
 
 /** The one body every error has: Fastify's shape, always with a `code`. */
@@ -18,6 +18,7 @@ const STATUS_BY_ERROR = new Map<abstract new (...args: never[]) => DomainError, 
   [ForbiddenError, 403],
   [NotFoundError, 404],
   [ConflictError, 409],
+  [UpgradeRequiredError, 426],
   [UnavailableError, 503]
 ])
 
@@ -48,9 +49,10 @@ export function errorBody (error: HttpishError): ErrorBody {
     // Internals of a server fault stay in the log.
     return { statusCode, code: codeFor(statusCode), error: name, message: statusCode === 503 ? 'a backend this request needs is unavailable; try again shortly' : 'something went wrong on our side' }
   }
+  // Fastify's own codes (FST_...) name its internals; clients get the status in words instead.
   const code = error.validation !== undefined
     ? 'VALIDATION_FAILED'
-    : typeof error.code === 'string' ? error.code : codeFor(statusCode)
+    : typeof error.code === 'string' && !error.code.startsWith('FST_') ? error.code : codeFor(statusCode)
   const message = typeof error.message === 'string' && error.message !== '' ? error.message : name
   return { statusCode, code, error: name, message }
 }

@@ -78,7 +78,8 @@ export default fp(async function poolPlugin (fastify) {
     limits: {
       messageMaxChars: config.messageMaxChars,
       messageRate: config.wsMessageRate,
-      messageBurst: config.wsMessageBurst
+      messageBurst: config.wsMessageBurst,
+      maxFrameBytes: config.wsMaxPayload
     },
     onError: (error) => {
       // A failed batch fails every sender in it with one error: log it once.

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest, LogLevel } from 'fastify'
 import Type from 'typebox'
 import { INVALID_TOKEN } from '../src/access-tokens.js'
-import { ForbiddenError, InvalidInputError, UnauthorizedError } from '../src/errors.js'
+import { ForbiddenError, InvalidInputError, UnauthorizedError, UpgradeRequiredError } from '../src/errors.js'
 import { isMessageId } from '../src/ids.js'
 import { MessageIdSchema, toPublicUser, type PublicUser } from '../src/schemas.js'
 import { requestToken } from '../plugins/auth.js'
@@ -28,8 +28,9 @@ export default (async function wsRoutes (fastify) {
   // Quieter than the server for this route, never louder (a server at error or silent stays so).
   const logLevel = ['error', 'fatal', 'silent'].includes(fastify.log.level) ? fastify.log.level as LogLevel : 'warn'
 
-  fastify.get('/ws', {
-    websocket: true,
+  fastify.route({
+    method: 'GET',
+    url: '/ws',
     // Requests here may carry ?token=: keep the URL out of the info-level request logs.
     logLevel,
     schema: {
@@ -60,18 +61,23 @@ export default (async function wsRoutes (fastify) {
     preHandler: async (request) => {
       const { since } = request.query
       if (since !== undefined && !isMessageId(since)) throw new InvalidInputError('VALIDATION_FAILED', 'querystring/since must be a message id below 2^64')
+    },
+    // A plain GET (no Upgrade header) that got past the checks.
+    handler: async () => {
+      throw new UpgradeRequiredError('UPGRADE_REQUIRED', 'this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket')
+    },
+    wsHandler: (socket, request) => {
+      const user = profiles.get(request)
+      const identity = request.identity
+      if (user === undefined || identity === null) {
+        socket.close(1011, 'internal error')
+        return
+      }
+      // All of this runs synchronously, so no frame can arrive before the listeners are on.
+      const { format, since } = request.query
+      const session = chat.open(socket, since === undefined ? { user, identity, format } : { user, identity, format, since })
+      socket.on('message', session.receive)
+      socket.on('close', session.closed)
     }
-  }, (socket, request) => {
-    const user = profiles.get(request)
-    const identity = request.identity
-    if (user === undefined || identity === null) {
-      socket.close(1011, 'internal error')
-      return
-    }
-    // Listeners go on before anything else, so no early frame is missed.
-    const { format, since } = request.query
-    const session = chat.open(socket, since === undefined ? { user, identity, format } : { user, identity, format, since })
-    socket.on('message', session.receive)
-    socket.on('close', session.closed)
   })
 }) satisfies FastifyPluginAsyncTypebox

@@ -34,7 +34,7 @@ export interface ChatDependencies {
   /** Stores one message durably (the caller batches); resolves once it is stored. */
   saveMessage: (message: StoredMessage) => Promise<SaveOutcome>
   messages: Pick<MessageStore, 'since' | 'seenThrough' | 'markSeen'>
-  limits: { messageMaxChars: number, messageRate: number, messageBurst: number }
+  limits: { messageMaxChars: number, messageRate: number, messageBurst: number, maxFrameBytes: number }
   onError: (error: unknown) => void
 }
 
@@ -53,6 +53,10 @@ const MAX_UNROUTED = 10_000
 function remember (set: Set<string>, value: string, cap: number): void {
   set.add(value)
   if (set.size > cap) set.delete(set.values().next().value as string)
+}
+
+function byteLength (data: Buffer | ArrayBuffer | Buffer[]): number {
+  return Array.isArray(data) ? data.reduce((total, part) => total + part.byteLength, 0) : data.byteLength
 }
 
 /** Timers longer than this overflow Node's 32-bit delay; re-armed when they fire early. */
@@ -304,6 +308,11 @@ export function createChat (dependencies: ChatDependencies) {
       /** One frame from the client; binary frames are refused. */
       receive (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
         if (closing) return
+        // ws enforces this itself, except under a host's own @fastify/websocket with other options.
+        if (byteLength(data) > limits.maxFrameBytes) {
+          connection.close(CLOSE_CODES.tooBig, 'frame too large')
+          return
+        }
         if (!bucket.take()) {
           sendError({ code: 'RATE_LIMITED', message: 'too many frames; slow down' })
           return

@@ -22,6 +22,8 @@ export class ForbiddenError extends DomainError {}
 export class NotFoundError extends DomainError {}
 /** The request conflicts with existing state (409). */
 export class ConflictError extends DomainError {}
+/** The request must switch protocols: a plain GET to the WebSocket endpoint (426). */
+export class UpgradeRequiredError extends DomainError {}
 /** A backend the request needs is unreachable (503). */
 export class UnavailableError extends DomainError {}
 

@@ -97,7 +97,8 @@ test('every HTTP route is documented, with tags and response schemas', async (t)
     // HEAD routes are Fastify's automatic twins of GET; the docs UI serves itself.
     const methods = (Array.isArray(route.method) ? route.method : [route.method]).filter((method) => method !== 'HEAD')
     if (methods.length === 0 || route.url.startsWith('/docs')) continue
-    if ((route as RouteOptions & { websocket?: boolean }).websocket === true) {
+    const { websocket, wsHandler } = route as RouteOptions & { websocket?: boolean, wsHandler?: unknown }
+    if (websocket === true || wsHandler !== undefined) {
       websocketRoutes.push(`${methods.join(',')} ${route.url}`)
       continue
     }

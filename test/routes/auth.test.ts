@@ -259,6 +259,7 @@ test('request bodies must be JSON', async (t) => {
       const { statusCode, body } = await call<ErrorBody>(app, { method: 'POST', url, headers: { 'content-type': type }, payload })
       t.equal(statusCode, 415, `${url} with ${type.split(';')[0]}: 415`)
       assertErrorShape(t, body, 415)
+      t.equal(body.code, 'UNSUPPORTED_MEDIA_TYPE', 'named in words, not by a Fastify internal code')
     }
   }
   const login = await call(app, post('/auth/login', { email, password: PASSWORD }))
@@ -302,4 +303,13 @@ test('a password longer than 72 bytes never logs in, even when its first 72 byte
   t.equal(longer.statusCode, 401)
   const unknown = await call<ErrorBody>(app, post('/auth/login', { email: uniqueEmail(), password: password + 'b' }))
   t.same(unknown.body, longer.body, 'same body as for an unknown account')
+})
+
+test('a body over 64 KiB is a 413 with the usual error shape', async (t) => {
+  const app = await build(t)
+  const payload = JSON.stringify({ email: uniqueEmail(), password: PASSWORD, name: 'x'.repeat(70 * 1024) })
+  const { statusCode, body } = await call<ErrorBody>(app, { method: 'POST', url: '/auth/signup', headers: { 'content-type': 'application/json' }, payload })
+  t.equal(statusCode, 413)
+  assertErrorShape(t, body, 413)
+  t.equal(body.code, 'PAYLOAD_TOO_LARGE')
 })

@@ -84,3 +84,13 @@ test('origins listed in wsAllowedOrigins are allowed, others still refused', asy
   await expectRefused(t, wsUrl, { token, origin: 'https://app.example.evil' }, 403, 'ORIGIN_NOT_ALLOWED', 'an origin that only starts like a listed one')
   await expectRefused(t, wsUrl, { token, origin: 'http://app.example' }, 403, 'ORIGIN_NOT_ALLOWED', 'a listed host on another scheme')
 })
+
+test('a plain GET /ws (no upgrade) is a 426 with the usual error body', async (t) => {
+  const app = await build(t)
+  const alice = await createUser(app, 'Alice')
+  const response = await app.inject({ method: 'GET', url: '/ws', headers: { authorization: `Bearer ${alice.accessToken}` } })
+  t.equal(response.statusCode, 426)
+  t.match(response.json(), { statusCode: 426, code: 'UPGRADE_REQUIRED', error: 'Upgrade Required', message: String })
+  const unauthenticated = await app.inject({ method: 'GET', url: '/ws' })
+  t.equal(unauthenticated.statusCode, 401, 'the token is checked first')
+})

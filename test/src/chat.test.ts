@@ -178,7 +178,7 @@ function setup (t: Test, options: SetupOptions = {}) {
       return save(message)
     },
     messages: options.messages ?? store,
-    limits: { messageMaxChars: 4000, messageRate, messageBurst },
+    limits: { messageMaxChars: 4000, messageRate, messageBurst, maxFrameBytes: 65_536 },
     onError: (error) => { errors.push(error) }
   })
 
@@ -371,6 +371,16 @@ test('too many frames are RATE_LIMITED and the socket stays open', async (t) => 
   const types = frames(alice.socket).map((frame) => frame.type === 'error' ? frame.code : frame.type)
   t.strictSame(types.sort(), ['RATE_LIMITED', 'RATE_LIMITED', 'ack', 'ack', 'ack'])
   t.strictSame(alice.socket.closes, [])
+})
+
+test('a frame over maxFrameBytes closes the socket with 1009 (when ws was not told the limit)', async (t) => {
+  const { connect, idle } = setup(t)
+  const alice = connect(1)
+  connect(2)
+  await idle()
+  alice.send(`2:${'x'.repeat(65_536)}`)
+  t.match(await alice.socket.closed, { code: 1009 })
+  t.strictSame(alice.socket.sent, [], 'nothing else was answered')
 })
 
 test('a binary frame is BAD_FORMAT', async (t) => {
