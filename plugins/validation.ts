@@ -3,6 +3,7 @@ import addFormats from 'ajv-formats'
 import fp from 'fastify-plugin'
 import secureJson from 'secure-json-parse'
 import { InvalidInputError } from '../src/errors.js'
+import { isMessageId } from '../src/ids.js'
 
 const shared: Options = { useDefaults: true, allErrors: false, strict: false, removeAdditional: false }
 
@@ -16,8 +17,10 @@ const shared: Options = { useDefaults: true, allErrors: false, strict: false, re
 export default fp(async function validationPlugin (fastify) {
   const strict = new Ajv({ ...shared, coerceTypes: false })
   const coercing = new Ajv({ ...shared, coerceTypes: true })
-  addFormats.default(strict)
-  addFormats.default(coercing)
+  for (const ajv of [strict, coercing]) {
+    addFormats.default(ajv)
+    ajv.addFormat('message-id', { type: 'string', validate: isMessageId })
+  }
 
   fastify.setValidatorCompiler(({ schema, httpPart }) => {
     const ajv = httpPart === 'body' ? strict : coercing

@@ -1,10 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
-import { InvalidInputError } from '../src/errors.js'
-import { isMessageId } from '../src/ids.js'
-import { ErrorSchema, MessageIdSchema, MessageSchema, UserIdSchema } from '../src/schemas.js'
-
-const DEFAULT_LIMIT = 50
+import { DEFAULT_PAGE_LIMIT, ErrorSchema, MessageIdSchema, MessageSchema, PageLimitSchema, UserIdSchema } from '../src/schemas.js'
 
 export default (async function messagesRoutes (fastify) {
   const { messages } = fastify.switchboardDb
@@ -21,7 +17,7 @@ export default (async function messagesRoutes (fastify) {
       querystring: Type.Object({
         with: UserIdSchema,
         before: Type.Optional(MessageIdSchema),
-        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200, default: DEFAULT_LIMIT }))
+        limit: PageLimitSchema
       }, { additionalProperties: false }),
       response: {
         200: Type.Object({
@@ -34,10 +30,7 @@ export default (async function messagesRoutes (fastify) {
       }
     }
   }, async (request) => {
-    // The schema's default fills `limit` in; the type cannot know that.
-    const { with: peerId, before, limit = DEFAULT_LIMIT } = request.query
-    // The schema's pattern admits any 20 digits; ids stop below 2^64.
-    if (before !== undefined && !isMessageId(before)) throw new InvalidInputError('VALIDATION_FAILED', 'querystring/before must be a message id below 2^64')
+    const { with: peerId, before, limit = DEFAULT_PAGE_LIMIT } = request.query
     const userId = request.identity?.userId ?? 0
     // One more than asked: whether it comes back says if there is an older page.
     const page = await messages.history({ userId, peerId, ...(before === undefined ? {} : { before }), limit: limit + 1 })

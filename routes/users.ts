@@ -1,9 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
 import { UnauthorizedError, NotFoundError } from '../src/errors.js'
-import { ErrorSchema, PublicUserSchema, UserIdSchema, UserSchema, toPublicUser } from '../src/schemas.js'
-
-const DEFAULT_LIMIT = 50
+import { DEFAULT_PAGE_LIMIT, ErrorSchema, PageLimitSchema, PublicUserSchema, UserIdSchema, UserSchema, toPublicUser } from '../src/schemas.js'
 
 export default (async function usersRoutes (fastify) {
   const users = fastify.switchboardDb.users
@@ -34,7 +32,7 @@ export default (async function usersRoutes (fastify) {
       description: 'In ascending id order; pass `nextCursor` back as `cursor` for the next page.',
       security,
       querystring: Type.Object({
-        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200, default: DEFAULT_LIMIT })),
+        limit: PageLimitSchema,
         cursor: Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,15}$', description: 'nextCursor of the previous page' }))
       }, { additionalProperties: false }),
       response: {
@@ -49,8 +47,7 @@ export default (async function usersRoutes (fastify) {
       }
     }
   }, async (request) => {
-    // The schema's default fills `limit` in; the type cannot know that.
-    const { limit = DEFAULT_LIMIT, cursor } = request.query
+    const { limit = DEFAULT_PAGE_LIMIT, cursor } = request.query
     const page = registry.onlineUsers({ after: cursor === undefined ? 0 : Number(cursor), limit: limit + 1 })
     const more = page.userIds.length > limit
     const userIds = more ? page.userIds.slice(0, limit) : page.userIds

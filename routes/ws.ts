@@ -2,8 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest, LogLevel } from 'fastify'
 import Type from 'typebox'
 import { INVALID_TOKEN } from '../src/access-tokens.js'
-import { ForbiddenError, InvalidInputError, UnauthorizedError, UpgradeRequiredError } from '../src/errors.js'
-import { isMessageId } from '../src/ids.js'
+import { ForbiddenError, UnauthorizedError, UpgradeRequiredError } from '../src/errors.js'
 import { MessageIdSchema, toPublicUser, type PublicUser } from '../src/schemas.js'
 import { requestToken } from '../plugins/auth.js'
 
@@ -57,11 +56,6 @@ export default (async function wsRoutes (fastify) {
       request.identity = identity
       profiles.set(request, toPublicUser(user))
     }],
-    // The schema's pattern admits any 20 digits; ids stop below 2^64.
-    preHandler: async (request) => {
-      const { since } = request.query
-      if (since !== undefined && !isMessageId(since)) throw new InvalidInputError('VALIDATION_FAILED', 'querystring/since must be a message id below 2^64')
-    },
     // A plain GET (no Upgrade header) that got past the checks.
     handler: async () => {
       throw new UpgradeRequiredError('UPGRADE_REQUIRED', 'this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket')

@@ -7,8 +7,17 @@ import Type, { type Static } from 'typebox'
  */
 export const UserIdSchema = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'User id' })
 
-/** A server message id: a 64-bit number in decimal, as a string (JSON numbers cannot hold it). */
-export const MessageIdSchema = Type.String({ pattern: '^(0|[1-9][0-9]{0,19})$', maxLength: 20, description: 'Message id (decimal, 64-bit)' })
+/**
+ * A server message id: a 64-bit number in decimal, as a string (JSON numbers
+ * cannot hold it). The pattern admits any 20 digits; the `message-id` format
+ * (plugins/validation.ts, src/ids.ts isMessageId) stops it below 2^64.
+ */
+export const MessageIdSchema = Type.String({ pattern: '^(0|[1-9][0-9]{0,19})$', maxLength: 20, format: 'message-id', description: 'Message id (decimal, 64-bit)' })
+
+export const DEFAULT_PAGE_LIMIT = 50
+
+/** `?limit=` of a paged list. Routes read it with `limit = DEFAULT_PAGE_LIMIT`: the schema fills the default, but the type cannot know. */
+export const PageLimitSchema = Type.Optional(Type.Integer({ minimum: 1, maximum: 200, default: DEFAULT_PAGE_LIMIT }))
 
 export const EmailSchema = Type.String({ format: 'email', minLength: 3, maxLength: 254, description: 'Email address; compared case-insensitively' })
 
