@@ -2,16 +2,18 @@ import { randomInt } from 'node:crypto'
 import fp from 'fastify-plugin'
 import { createBatcher } from '../src/batcher.js'
 import { createChat, type Chat } from '../src/chat.js'
+import { createLocalCluster } from '../src/cluster.js'
 import { createConnectionRegistry } from '../src/connections.js'
 import { createIdGenerator, MAX_NODE_ID } from '../src/ids.js'
 import { loggable } from '../src/errors.js'
 import { CLOSE_CODES } from '../src/protocol.js'
 import type { SaveOutcome, StoredMessage } from '../src/stores/messages-memory.js'
+import { createRedisCluster, GAP_SLACK_MS } from '../src/stores/cluster-redis.js'
 import { leaseNodeId } from '../src/stores/node-ids-redis.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** The live connections of this node and the router between them. */
+    /** The live connections of this node, the router between them, and the cluster it belongs to. */
     switchboardChat: Chat
   }
 }
@@ -29,6 +31,8 @@ const CLOSE_WAIT_MS = 3000
 const KNOWN_USERS_CAP = 100_000
 /** A node id lease lasts this long unless renewed, which happens three times as often. */
 const NODE_ID_LEASE_MS = 60_000
+/** Between flushes of a socket's remembered ids; with a bus it covers noticing an outage too. */
+const LOCAL_RECENT_WINDOW_MS = 5000
 
 export default fp(async function poolPlugin (fastify) {
   const config = fastify.switchboardConfig
@@ -65,10 +69,33 @@ export default fp(async function poolPlugin (fastify) {
     return found
   }
 
+  const metrics = fastify.switchboardMetrics
+  const ttlMs = config.presenceTtl * 1000
+  const cluster = redis === null || lease === null
+    ? createLocalCluster()
+    : await createRedisCluster({
+      redis,
+      subscriber: redis.duplicate({ connectionName: 'switchboard-bus' }),
+      prefix: keyPrefix,
+      nodeId: lease.nodeId,
+      ttlMs,
+      observer: {
+        published: metrics.busPublished,
+        received: metrics.busReceived,
+        error: metrics.busError,
+        state: metrics.busState
+      },
+      onError: (error, context) => fastify.log.warn({ err: loggable(error) }, context)
+    })
+
   const loggedErrors = new WeakSet<object>()
   const registry = createConnectionRegistry()
   const chat = createChat({
     registry,
+    cluster,
+    // A socket must still know what it was sent when a bus outage is noticed: two heartbeats and the slack after it.
+    recentWindowMs: lease === null ? LOCAL_RECENT_WINDOW_MS : 2 * ttlMs / 3 + 2 * GAP_SLACK_MS + LOCAL_RECENT_WINDOW_MS,
+    observer: { accepted: metrics.messageAccepted, delivered: metrics.messageDelivered },
     userExists,
     verifyAccessToken: fastify.switchboardAuth.verifyAccessToken,
     isSessionLive: fastify.switchboardAuth.isSessionLive,
@@ -91,9 +118,9 @@ export default fp(async function poolPlugin (fastify) {
     }
   })
   fastify.decorate('switchboardChat', chat)
-  fastify.switchboardAuth.onSessionRevoked((userId, sessionId) => {
-    registry.closeSession(userId, sessionId, CLOSE_CODES.policy, 'session ended')
-  })
+  metrics.observe({ connections: () => registry.connectionCount, onlineUsers: () => registry.userCount })
+  // Logout or a reused refresh token ends the session's sockets on every node.
+  fastify.switchboardAuth.onSessionRevoked(cluster.revokeSession)
 
   // Also covers a host app's @fastify/websocket, whose own preClose does not know our codes.
   // Messages being stored and cursors being written finish before the stores close.
@@ -105,10 +132,12 @@ export default fp(async function poolPlugin (fastify) {
     await allClosed(CLOSE_WAIT_MS)
     await batcher.drain()
     await chat.drain()
+    // The node's users go offline everywhere at once, and its keys leave Redis.
+    await cluster.close()
   })
 
   async function allClosed (withinMs: number): Promise<void> {
     const deadline = Date.now() + withinMs
     while (registry.connectionCount > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
   }
-}, { fastify: '5.x', name: 'switchboard-pool', dependencies: ['switchboard-config', 'switchboard-db', 'switchboard-redis', 'switchboard-auth'] })
+}, { fastify: '5.x', name: 'switchboard-pool', dependencies: ['switchboard-config', 'switchboard-db', 'switchboard-redis', 'switchboard-auth', 'switchboard-metrics'] })

@@ -4,14 +4,15 @@ import Type from 'typebox'
 const CHECK_TIMEOUT_MS = 2000
 
 const BackendState = Type.Object({
-  backend: Type.String({ description: 'memory, mysql or redis' }),
+  backend: Type.String({ description: 'memory, mysql or redis (local for the bus of a single node)' }),
   status: Type.Union([Type.Literal('up'), Type.Literal('down')])
 })
 
 const ReadySchema = Type.Object({
   status: Type.Union([Type.Literal('ready'), Type.Literal('unavailable')]),
   database: BackendState,
-  shared: BackendState
+  shared: BackendState,
+  bus: BackendState
 })
 
 async function probe (check: () => Promise<void>): Promise<'up' | 'down'> {
@@ -48,12 +49,14 @@ export default (async function healthRoutes (fastify) {
     }
   }, async (_request, reply) => {
     const { switchboardDb: db, switchboardShared: shared } = fastify
-    const [database, sharedState] = await Promise.all([probe(db.check), probe(shared.check)])
-    const ready = database === 'up' && sharedState === 'up'
+    const { cluster } = fastify.switchboardChat
+    const [database, sharedState, bus] = await Promise.all([probe(db.check), probe(shared.check), probe(cluster.check)])
+    const ready = database === 'up' && sharedState === 'up' && bus === 'up'
     return reply.code(ready ? 200 : 503).send({
       status: ready ? 'ready' : 'unavailable',
       database: { backend: db.backend, status: database },
-      shared: { backend: shared.backend, status: sharedState }
+      shared: { backend: shared.backend, status: sharedState },
+      bus: { backend: cluster.backend, status: bus }
     })
   })
 }) satisfies FastifyPluginAsyncTypebox

@@ -5,7 +5,8 @@ import { DEFAULT_PAGE_LIMIT, ErrorSchema, PageLimitSchema, PublicUserSchema, Use
 
 export default (async function usersRoutes (fastify) {
   const users = fastify.switchboardDb.users
-  const { registry } = fastify.switchboardChat
+  // Presence is the cluster's: every node answers for all of them.
+  const { cluster } = fastify.switchboardChat
   const security = [{ bearerAuth: [] }]
 
   // preParsing, not onRequest: the rate limiter runs in the routes' onRequest,
@@ -28,7 +29,7 @@ export default (async function usersRoutes (fastify) {
   fastify.get('/users/online', {
     schema: {
       tags: ['users'],
-      summary: 'Users with at least one open WebSocket',
+      summary: 'Users with at least one open WebSocket, on any node',
       description: 'In ascending id order; pass `nextCursor` back as `cursor` for the next page.',
       security,
       querystring: Type.Object({
@@ -48,7 +49,7 @@ export default (async function usersRoutes (fastify) {
     }
   }, async (request) => {
     const { limit = DEFAULT_PAGE_LIMIT, cursor } = request.query
-    const page = registry.onlineUsers({ after: cursor === undefined ? 0 : Number(cursor), limit: limit + 1 })
+    const page = await cluster.onlineUsers({ after: cursor === undefined ? 0 : Number(cursor), limit: limit + 1 })
     const more = page.userIds.length > limit
     const userIds = more ? page.userIds.slice(0, limit) : page.userIds
     const found = await users.findByIds(userIds)
@@ -78,6 +79,6 @@ export default (async function usersRoutes (fastify) {
   }, async (request) => {
     const user = await users.findById(request.params.id)
     if (user === null) throw new NotFoundError('USER_NOT_FOUND', `user ${request.params.id} does not exist`)
-    return { ...toPublicUser(user), online: registry.isOnline(user.id) }
+    return { ...toPublicUser(user), online: await cluster.isOnline(user.id) }
   })
 }) satisfies FastifyPluginAsyncTypebox

@@ -5,6 +5,7 @@ import authPlugin from '../plugins/auth.js'
 import configPlugin from '../plugins/config.js'
 import dbPlugin from '../plugins/db.js'
 import errorHandlerPlugin from '../plugins/error-handler.js'
+import metricsPlugin from '../plugins/metrics.js'
 import poolPlugin from '../plugins/pool.js'
 import rateLimitPlugin from '../plugins/rate-limit.js'
 import redisPlugin from '../plugins/redis.js'
@@ -14,6 +15,7 @@ import websocketPlugin from '../plugins/websocket.js'
 import authRoutes from '../routes/auth.js'
 import healthRoutes from '../routes/health.js'
 import messagesRoutes from '../routes/messages.js'
+import metricsRoutes from '../routes/metrics.js'
 import usersRoutes from '../routes/users.js'
 import wsRoutes from '../routes/ws.js'
 import type { ConfigInput } from './config.js'
@@ -50,6 +52,7 @@ const switchboard: FastifyPluginAsync<SwitchboardOptions> = async function switc
   await fastify.register(rateLimitPlugin)
   await fastify.register(swaggerPlugin)
   await fastify.register(websocketPlugin)
+  await fastify.register(metricsPlugin)
   await fastify.register(poolPlugin)
 
   const volatile = [
@@ -59,6 +62,7 @@ const switchboard: FastifyPluginAsync<SwitchboardOptions> = async function switc
   if (volatile.length > 0) fastify.log.warn(`data is not persistent: ${volatile.join(' and ')} are kept in memory and lost when the process exits`)
 
   await fastify.register(healthRoutes)
+  await fastify.register(metricsRoutes)
   await fastify.register(authRoutes)
   await fastify.register(usersRoutes)
   await fastify.register(messagesRoutes)

@@ -1,10 +1,12 @@
 import type { AccessTokenIdentity } from './access-tokens.js'
-import type { Connection, ConnectionRegistry } from './connections.js'
-import { compareIds } from './ids.js'
+import type { Cluster } from './cluster.js'
+import type { Connection, ConnectionRegistry, DeliveryRoute } from './connections.js'
+import { compareIds, firstIdAt, idTime } from './ids.js'
 import {
-  CLOSE_CODES, PONG_FRAME, ackFrame, encodeMessage, errorFrame, parseClientFrame, welcomeFrame,
+  CLOSE_CODES, PONG_FRAME, ackFrame, encodeMessage, errorFrame, parseClientFrame, presenceFrame, welcomeFrame,
   type ClientFrame, type EncodedMessage, type OutputFormat, type ProtocolError
 } from './protocol.js'
+import { createRecentIds } from './recent-ids.js'
 import type { PublicUser } from './schemas.js'
 import type { MessageStore, SaveOutcome, StoredMessage } from './stores/messages-memory.js'
 import { createTokenBucket } from './token-bucket.js'
@@ -23,8 +25,18 @@ const OPEN = 1
 /** Messages read from the store per query while replaying. */
 const REPLAY_PAGE = 500
 
+/** What the chat reports as it works (metrics). */
+export interface ChatObserver {
+  /** A new message was stored and acknowledged. */
+  accepted (): void
+  /** A message went out live to one socket, `latencyMs` after its id was made. */
+  delivered (route: DeliveryRoute, latencyMs: number): void
+}
+
 export interface ChatDependencies {
   registry: ConnectionRegistry
+  /** Presence and routing between nodes (a cluster of one without Redis). */
+  cluster: Cluster
   /** Whether a user id names an account (asked only for recipients with no live connection). */
   userExists: (userId: number) => Promise<boolean>
   verifyAccessToken: (token: string) => AccessTokenIdentity
@@ -35,6 +47,12 @@ export interface ChatDependencies {
   saveMessage: (message: StoredMessage) => Promise<SaveOutcome>
   messages: Pick<MessageStore, 'since' | 'seenThrough' | 'markSeen'>
   limits: { messageMaxChars: number, messageRate: number, messageBurst: number, maxFrameBytes: number }
+  /**
+   * How long each socket remembers the ids it was sent, to drop late second
+   * copies. With several nodes it must cover a bus outage's detection time.
+   */
+  recentWindowMs?: number
+  observer?: ChatObserver
   onError: (error: unknown) => void
 }
 
@@ -62,14 +80,37 @@ function byteLength (data: Buffer | ArrayBuffer | Buffer[]): number {
 /** Timers longer than this overflow Node's 32-bit delay; re-armed when they fire early. */
 const MAX_TIMER_MS = 2_147_483_647
 
+/** Without a bus, a late second copy of a message comes within moments of the first. */
+const LOCAL_RECENT_WINDOW_MS = 5000
 /**
- * Routes messages between connections on this node. A message is stored
- * before it is acknowledged or delivered; a connection first replays what
- * its user missed, then goes live. `open` binds one socket to a user and
- * returns the handlers its events call.
+ * With several nodes, messages routed through different nodes may arrive a
+ * moment out of id order: a catch-up starts this much before its cursor.
+ */
+const CROSS_NODE_SETTLE_MS = 1000
+/** Sockets replaying at once after a bus outage (each reads the store). */
+const RESYNC_CONCURRENCY = 32
+
+/** What a bus event needs of one open socket. */
+interface SessionControl {
+  connection: Connection
+  /** The bus dropped messages: stop live delivery until `resync`. */
+  pause (): void
+  /** Replays what was stored after `gapFrom` that the socket was not sent, then goes live. */
+  resync (gapFrom: string): Promise<void>
+  /** A watched user's presence changed (or may have: `refresh` asks the cluster again). */
+  presence (userId: number, online: boolean): void
+  refreshWatch (): Promise<void>
+}
+
+/**
+ * Routes messages to this node's connections and, through the cluster, to
+ * other nodes'. A message is stored before it is acknowledged or delivered;
+ * a connection first replays what its user missed, then goes live. `open`
+ * binds one socket to a user and returns the handlers its events call.
  */
 export function createChat (dependencies: ChatDependencies) {
-  const { registry, userExists, verifyAccessToken, isSessionLive, nextMessageId, saveMessage, messages, limits, onError } = dependencies
+  const { registry, cluster, userExists, verifyAccessToken, isSessionLive, nextMessageId, saveMessage, messages, limits, observer, onError } = dependencies
+  const recentWindowMs = dependencies.recentWindowMs ?? LOCAL_RECENT_WINDOW_MS
   /** Per online user: the newest message one of their sockets received (or had acknowledged). */
   const newestReceived = new Map<number, string>()
   /**
@@ -86,56 +127,147 @@ export function createChat (dependencies: ChatDependencies) {
   const unrouted = new Set<string>()
   /** Cursor writes still in flight, so shutdown can wait for them. */
   const cursorWrites = new Set<Promise<void>>()
+  /** Users whose joining the cluster is under way or done, by user: replays wait for it. */
+  const joined = new Map<number, Promise<void>>()
+  const sessions = new Set<SessionControl>()
+  /** Sockets watching a user's presence, by watched user. */
+  const watchers = new Map<number, Set<SessionControl>>()
+  /** While true, messages from other nodes may be lost: sockets stay paused. */
+  let busDown = false
+  /**
+   * From a bus outage until every socket has resynced: what was stored after
+   * this may not have reached the user, so no cursor is written past it.
+   */
+  let cursorCeiling: string | null = null
 
   function received (userId: number, id: string): void {
     const newest = newestReceived.get(userId)
     if (newest === undefined || compareIds(newest, id) < 0) newestReceived.set(userId, id)
   }
 
-  /** The user's last socket closed: remember how far they got, for the next connection. */
+  /** Where a catch-up really starts: with several nodes, a little before `after` (see CROSS_NODE_SETTLE_MS). */
+  function overlapStart (after: string): string {
+    if (after === '0' || cluster.nodeCount() <= 1) return after
+    const earlier = firstIdAt(idTime(after) - CROSS_NODE_SETTLE_MS)
+    return compareIds(earlier, after) < 0 ? earlier : after
+  }
+
+  /** The user's last socket here closed: remember how far they got, for the next connection. */
   function wentOffline (userId: number): void {
-    const newest = newestReceived.get(userId)
+    joined.delete(userId)
+    cluster.leave(userId)
+    let newest = newestReceived.get(userId)
     newestReceived.delete(userId)
     if (catchingUp.delete(userId) || newest === undefined) return
+    if (cursorCeiling !== null && compareIds(cursorCeiling, newest) < 0) newest = cursorCeiling
     const write: Promise<void> = messages.markSeen(userId, newest)
       .catch(onError)
       .finally(() => { cursorWrites.delete(write) })
     cursorWrites.add(write)
   }
 
+  /** Hands a stored message to every socket of its two users here (but `except`), and to other nodes. */
+  function route (message: EncodedMessage, except: Connection | null): void {
+    for (const recipient of registry.connectionsOf(message.to) ?? []) {
+      if (recipient !== except) recipient.deliver(message, 'local')
+    }
+    if (message.to !== message.from) {
+      // The sender's other devices see the conversation too.
+      for (const device of registry.connectionsOf(message.from) ?? []) {
+        if (device !== except) device.deliver(message, 'local')
+      }
+    }
+    cluster.publish(message)
+  }
+
+  /** A message stored by another node, for users connected here. */
+  function routeRemote (message: EncodedMessage): void {
+    for (const recipient of registry.connectionsOf(message.to) ?? []) recipient.deliver(message, 'remote')
+    if (message.to === message.from) return
+    for (const device of registry.connectionsOf(message.from) ?? []) device.deliver(message, 'remote')
+  }
+
+  /** Runs `work` for every session, a few at a time. */
+  async function forEachSession (work: (session: SessionControl) => Promise<void>): Promise<void> {
+    const queue = [...sessions]
+    const worker = async (): Promise<void> => {
+      for (let session = queue.shift(); session !== undefined; session = queue.shift()) {
+        await work(session).catch(onError)
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(RESYNC_CONCURRENCY, queue.length) }, worker))
+  }
+
+  cluster.attach({
+    message: routeRemote,
+    presence (userId, online) {
+      for (const session of watchers.get(userId) ?? []) session.presence(userId, online)
+    },
+    sessionRevoked (userId, sessionId) {
+      registry.closeSession(userId, sessionId, CLOSE_CODES.policy, 'session ended')
+    },
+    interrupted (gapFrom) {
+      busDown = true
+      cursorCeiling = cursorCeiling !== null && compareIds(cursorCeiling, gapFrom) < 0 ? cursorCeiling : gapFrom
+      for (const session of sessions) session.pause()
+    },
+    restored (gapFrom) {
+      busDown = false
+      const resyncing = forEachSession(async (session) => {
+        // A logout or presence change announced during the outage was missed.
+        if (!await isSessionLive(session.connection.sessionId)) {
+          session.connection.close(CLOSE_CODES.policy, 'session ended')
+          return
+        }
+        await Promise.all([session.resync(gapFrom), session.refreshWatch()])
+      })
+      resyncing.then(() => { if (!busDown) cursorCeiling = null }, onError)
+    }
+  })
+
   function open (socket: Socket, { user, identity, format, since }: OpenOptions) {
     const bucket = createTokenBucket({ ratePerSecond: limits.messageRate, burst: limits.messageBurst })
+    const recent = createRecentIds({ windowMs: recentWindowMs })
     let expiresAt = identity.expiresAt
     let expiryTimer: NodeJS.Timeout | undefined
     /** Set once we or the peer start closing: no frame is handled after that. */
     let closing = false
     let closed = false
-    /** Live messages that arrive while the connection replays, or null once it is live. */
-    let heldBack: EncodedMessage[] | null = []
-    /** The newest message the replay sent; a live copy of it (stored, read by the replay, routed later) must not follow. */
-    let replayedThrough: string | null = null
+    /**
+     * replaying: live messages wait in `heldBack` until the replay has sent what the store holds;
+     * live: messages go out as they come; paused: the bus is down, the store will have them.
+     */
+    let mode: 'replaying' | 'live' | 'paused' = 'replaying'
+    let heldBack: Array<{ message: EncodedMessage, route: DeliveryRoute }> = []
+    /** A resync asked for while a replay runs, which then goes on from here. */
+    let resyncFrom: string | null = null
     // Frames are handled strictly in arrival order, even when one must wait on a store.
     let pending: Promise<void> | undefined
+    /** Watched users and the state last sent for each (null: the first answer is still to come). */
+    let watched = new Map<number, boolean | null>()
+    let watchGeneration = 0
 
-    function write (message: EncodedMessage): void {
+    function write (message: EncodedMessage, route: DeliveryRoute | null): void {
       if (socket.readyState !== OPEN) return
       socket.send(format === 'json' ? message.json : message.text)
+      recent.add(message.id)
       received(user.id, message.id)
+      if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
     }
 
     const connection: Connection = {
       userId: user.id,
       sessionId: identity.sessionId,
       format,
-      deliver (message) {
-        if (heldBack !== null) {
-          heldBack.push(message)
+      deliver (message, route) {
+        if (mode === 'paused') return
+        if (mode === 'replaying') {
+          heldBack.push({ message, route })
           return
         }
-        // On one node messages are routed in id order: one not newer than the replay's last was replayed already.
-        if (replayedThrough !== null && compareIds(message.id, replayedThrough) <= 0) return
-        replayedThrough = null
-        write(message)
+        // Already sent: a replay read it from the store before this live copy came.
+        if (recent.has(message.id)) return
+        write(message, route)
       },
       isOpen: () => socket.readyState === OPEN,
       close (code, reason) {
@@ -168,28 +300,48 @@ export function createChat (dependencies: ChatDependencies) {
       expiryTimer.unref()
     }
 
-    /**
-     * Sends what the user missed after `after`, then what arrived meanwhile,
-     * then goes live. Resolves true when it got to the end (the socket stayed open).
-     */
-    async function replay (after: string): Promise<boolean> {
-      const replayed = new Set<string>()
+    /** Sends what the store holds for the user after `after` that this socket was not sent yet. */
+    async function sendStored (after: string): Promise<void> {
       let cursor = after
       for (;;) {
         const page = await messages.since({ userId: user.id, after: cursor, limit: REPLAY_PAGE })
         for (const message of page) {
-          write(encodeMessage(message))
-          replayed.add(message.id)
+          if (!recent.has(message.id)) write(encodeMessage(message), null)
           cursor = message.id
         }
-        if (page.length < REPLAY_PAGE || closing) break
+        if (page.length < REPLAY_PAGE || closing) return
       }
-      // Messages stored during the replay may have been read by it too: each goes out once.
-      const arrived = heldBack ?? []
-      heldBack = null
-      replayedThrough = replayed.size > 0 ? cursor : null
-      for (const message of arrived) if (!replayed.has(message.id)) write(message)
-      return !closing
+    }
+
+    /**
+     * Sends what the user missed after `after`, then what arrived meanwhile,
+     * then goes live. Resolves true when it got to the end (the socket stayed
+     * open); a replay that ends while the bus is down leaves the socket paused.
+     */
+    async function replay (after: string): Promise<boolean> {
+      mode = 'replaying'
+      // Other nodes must be routing this user's messages here before the store is read.
+      await joined.get(user.id)
+      let from = after
+      for (;;) {
+        await sendStored(from)
+        if (closing) return false
+        if (busDown) {
+          // What arrived meanwhile is stored: the resync after the outage sends it.
+          heldBack = []
+          mode = 'paused'
+          return true
+        }
+        if (resyncFrom === null) break
+        from = resyncFrom
+        resyncFrom = null
+      }
+      const arrived = heldBack
+      heldBack = []
+      mode = 'live'
+      for (const { message, route } of arrived) if (!recent.has(message.id)) write(message, route)
+      recent.holdFrom(null)
+      return true
     }
 
     /**
@@ -201,7 +353,7 @@ export function createChat (dependencies: ChatDependencies) {
       const known = catchingUp.has(user.id) ? undefined : newestReceived.get(user.id)
       catchingUp.add(user.id)
       const after = since ?? known ?? await messages.seenThrough(user.id) ?? '0'
-      if (await replay(after)) catchingUp.delete(user.id)
+      if (await replay(overlapStart(after))) catchingUp.delete(user.id)
     }
 
     async function deliver (to: number, text: string, ref: string | undefined): Promise<void> {
@@ -220,18 +372,10 @@ export function createChat (dependencies: ChatDependencies) {
       const id = outcome.message.id
       // A resend of a stored message is acknowledged again, never delivered twice,
       // unless the first attempt failed after all and was never routed.
-      if (!outcome.duplicate || unrouted.delete(id)) {
-        const message = encodeMessage(outcome.message)
-        for (const recipient of registry.connectionsOf(to) ?? []) {
-          if (recipient !== connection) recipient.deliver(message)
-        }
-        if (to !== user.id) {
-          // The sender's other devices see the conversation too.
-          for (const device of registry.connectionsOf(user.id) ?? []) {
-            if (device !== connection) device.deliver(message)
-          }
-        }
-      }
+      if (!outcome.duplicate || unrouted.delete(id)) route(encodeMessage(outcome.message), connection)
+      if (!outcome.duplicate) observer?.accepted()
+      // The sender has it: a replay after a bus outage must not send it back.
+      recent.add(id)
       if (socket.readyState === OPEN) received(user.id, id)
       sendJson(ackFrame(id, ref))
     }
@@ -259,12 +403,67 @@ export function createChat (dependencies: ChatDependencies) {
       sendJson(welcomeFrame(user, expiresAt))
     }
 
+    function sendPresence (userId: number, online: boolean): void {
+      watched.set(userId, online)
+      sendJson(presenceFrame(userId, online))
+    }
+
+    function unwatchAll (): void {
+      for (const userId of watched.keys()) {
+        const set = watchers.get(userId)
+        set?.delete(control)
+        if (set?.size === 0) watchers.delete(userId)
+      }
+      watched = new Map()
+    }
+
+    /** Asks the cluster for the watched users' state and sends each that is new to the socket. */
+    async function refreshWatch (): Promise<void> {
+      const generation = watchGeneration
+      const userIds = [...watched.keys()]
+      if (userIds.length === 0) return
+      const states = await cluster.onlineStates(userIds)
+      // A newer watch replaced this one meanwhile.
+      if (generation !== watchGeneration || closed) return
+      userIds.forEach((userId, index) => {
+        const online = states[index] ?? false
+        if (watched.has(userId) && watched.get(userId) !== online) sendPresence(userId, online)
+      })
+    }
+
+    /**
+     * Replaces the watched users. Each one's state is sent once, then every
+     * change. A change that comes while the state is being asked for is as
+     * new as the answer or newer, so the answer is not sent after it.
+     */
+    async function watch (userIds: readonly number[]): Promise<void> {
+      unwatchAll()
+      watchGeneration++
+      // The text format carries messages and errors only.
+      if (format === 'text') return
+      for (const userId of userIds) {
+        watched.set(userId, null)
+        let set = watchers.get(userId)
+        if (set === undefined) {
+          set = new Set()
+          watchers.set(userId, set)
+        }
+        set.add(control)
+      }
+      const generation = watchGeneration
+      const states = await cluster.onlineStates(userIds)
+      if (generation !== watchGeneration || closed) return
+      userIds.forEach((userId, index) => {
+        if (watched.get(userId) === null) sendPresence(userId, states[index] ?? false)
+      })
+    }
+
     function handle (frame: ClientFrame): void | Promise<void> {
       switch (frame.type) {
         case 'message': return deliver(frame.to, frame.text, frame.ref)
         case 'ping': return sendJson(PONG_FRAME)
         case 'refresh': return refresh(frame.token)
-        case 'watch': return sendError({ code: 'UNKNOWN_TYPE', message: 'watch is not available on this server yet' })
+        case 'watch': return watch(frame.users)
       }
     }
 
@@ -287,19 +486,52 @@ export function createChat (dependencies: ChatDependencies) {
       pending = tracked
     }
 
+    const control: SessionControl = {
+      connection,
+      pause () {
+        // Keep every id sent so far: the resync after the outage must not send them again.
+        recent.holdFrom('0')
+        if (mode !== 'live') return
+        heldBack = []
+        mode = 'paused'
+      },
+      async resync (gapFrom) {
+        if (closing) return
+        recent.holdFrom(gapFrom)
+        if (mode === 'replaying') {
+          // The running replay goes on from the gap.
+          resyncFrom = resyncFrom !== null && compareIds(resyncFrom, gapFrom) < 0 ? resyncFrom : gapFrom
+          return
+        }
+        await replay(gapFrom).catch(failed)
+      },
+      presence (userId, online) {
+        const last = watched.get(userId)
+        if (last !== undefined && last !== online) sendPresence(userId, online)
+      },
+      refreshWatch
+    }
+
     // Back from offline (no socket of theirs that can still receive, or one still catching up):
     // replay from where they left off. A socket that is closing does not count: it may miss messages.
     const needsCatchUp = !registry.hasOpenConnection(user.id) || catchingUp.has(user.id)
-    registry.add(connection)
+    if (registry.add(connection)) {
+      const joining = cluster.join(user.id)
+      // Awaited by the replay; a failure closes the socket there.
+      joining.catch(() => {})
+      joined.set(user.id, joining)
+    }
+    sessions.add(control)
+    if (busDown) control.pause()
     sendJson(welcomeFrame(user, expiresAt))
     armExpiry()
     if (needsCatchUp) {
       // A `since` replay is this socket's catch-up: until it ends, other sockets catch up too.
       settle(catchUp(since))
     } else if (since !== undefined) {
-      settle(replay(since).then(() => {}))
+      settle(replay(overlapStart(since)).then(() => {}))
     } else {
-      heldBack = null
+      mode = busDown ? 'paused' : 'live'
     }
 
     return {
@@ -342,6 +574,8 @@ export function createChat (dependencies: ChatDependencies) {
         closed = true
         closing = true
         clearTimeout(expiryTimer)
+        sessions.delete(control)
+        unwatchAll()
         if (registry.remove(connection)) wentOffline(user.id)
       }
     }
@@ -349,6 +583,7 @@ export function createChat (dependencies: ChatDependencies) {
 
   return {
     registry,
+    cluster,
     open,
 
     /** Resolves once every cursor write started so far has finished (for shutdown). */

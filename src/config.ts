@@ -26,7 +26,8 @@ export const ConfigSchema = Type.Object({
   authRateLimitWindow: Type.Integer({ default: 60, minimum: 1 }),
   mysqlUrl: Type.Optional(Type.String({ pattern: '^mysql://' })),
   redisUrl: Type.Optional(Type.String({ pattern: '^rediss?://' })),
-  redisKeyPrefix: Type.String({ default: 'switchboard:' })
+  redisKeyPrefix: Type.String({ default: 'switchboard:' }),
+  presenceTtl: Type.Integer({ default: 15, minimum: 1, maximum: 20, description: 'seconds after which a silent node counts as dead' })
 }, { additionalProperties: false })
 
 export type ConfigInput = Partial<Static<typeof ConfigSchema>>
@@ -66,6 +67,7 @@ const ENVIRONMENT: Record<string, { option: string, parse: Parser }> = {
   MYSQL_URL: { option: 'mysqlUrl', parse: 'string' },
   REDIS_URL: { option: 'redisUrl', parse: 'string' },
   REDIS_KEY_PREFIX: { option: 'redisKeyPrefix', parse: 'string' },
+  PRESENCE_TTL: { option: 'presenceTtl', parse: 'int' },
   PORT: { option: 'port', parse: 'int' },
   HOST: { option: 'host', parse: 'string' },
   LOG_LEVEL: { option: 'logLevel', parse: 'string' },

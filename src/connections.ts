@@ -1,5 +1,8 @@
 import type { EncodedMessage, OutputFormat } from './protocol.js'
 
+/** local: the message was stored on this node; remote: it came from another node through the bus. */
+export type DeliveryRoute = 'local' | 'remote'
+
 /** What the registry needs of a live socket. */
 export interface Connection {
   readonly userId: number
@@ -7,7 +10,7 @@ export interface Connection {
   sessionId: string
   readonly format: OutputFormat
   /** A chat message to or from this user (held back while the connection replays what it missed). */
-  deliver (message: EncodedMessage): void
+  deliver (message: EncodedMessage, route: DeliveryRoute): void
   /** False once the socket has started closing, though it stays registered until it has closed. */
   isOpen (): boolean
   close (code: number, reason: string): void
@@ -71,6 +74,11 @@ export function createConnectionRegistry () {
 
     get connectionCount (): number {
       return total
+    },
+
+    /** Users with at least one connection here. */
+    get userCount (): number {
+      return byUser.size
     },
 
     /** Closes every connection opened with tokens of one session (logout, revocation). */

@@ -136,6 +136,8 @@ export interface ChatMessage {
 /** A message encoded once for each output format, then sent to every connection as is. */
 export interface EncodedMessage {
   id: string
+  from: number
+  to: number
   json: string
   text: string
 }
@@ -143,9 +145,17 @@ export interface EncodedMessage {
 export function encodeMessage ({ id, from, to, text, sentAt }: ChatMessage): EncodedMessage {
   return {
     id,
+    from,
+    to,
     json: JSON.stringify({ type: 'message', id, from, to, text, sentAt }),
     text: `${from}:${text}`
   }
+}
+
+/** A message frame as another node encoded it: parsed once, its JSON reused as is. */
+export function decodeMessageFrame (json: string): EncodedMessage {
+  const { id, from, to, text } = JSON.parse(json) as ChatMessage
+  return { id, from, to, json, text: `${from}:${text}` }
 }
 
 export function welcomeFrame (user: PublicUser, expiresAt: number): string {

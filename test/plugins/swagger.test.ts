@@ -31,8 +31,8 @@ interface OpenApiDocument {
 /** The parser's own document type (from openapi-types, which this project does not import directly). */
 type ParserDocument = Exclude<Parameters<typeof SwaggerParser.validate>[0], string>
 
-/** The HTTP surface DESIGN promises (this issue): success status, then the failures each documents. */
-const EXPECTED: Record<string, { success: number, errors: number[], bearer: boolean }> = {
+/** The HTTP surface DESIGN promises (this issue): success status, then the failures each documents; JSON unless `mediaType` says otherwise. */
+const EXPECTED: Record<string, { success: number, errors: number[], bearer: boolean, mediaType?: string }> = {
   'POST /auth/signup': { success: 201, errors: [400, 409, 415, 429], bearer: false },
   'POST /auth/login': { success: 200, errors: [400, 401, 415, 429], bearer: false },
   'POST /auth/refresh': { success: 200, errors: [400, 401, 415], bearer: false },
@@ -42,7 +42,8 @@ const EXPECTED: Record<string, { success: number, errors: number[], bearer: bool
   'GET /users/{id}': { success: 200, errors: [400, 401, 404, 429], bearer: true },
   'GET /messages': { success: 200, errors: [400, 401, 429], bearer: true },
   'GET /health': { success: 200, errors: [], bearer: false },
-  'GET /ready': { success: 200, errors: [503], bearer: false }
+  'GET /ready': { success: 200, errors: [503], bearer: false },
+  'GET /metrics': { success: 200, errors: [], bearer: false, mediaType: 'text/plain; version=0.0.4; charset=utf-8' }
 }
 
 /** `/users/:id` in Fastify is `/users/{id}` in OpenAPI. */
@@ -114,7 +115,7 @@ test('every HTTP route is documented, with tags and response schemas', async (t)
   t.notOk(Object.keys(document.paths).some((path) => path.startsWith('/docs')), 'the docs UI is not in the document')
 
   const declaredTags = new Set((document.tags ?? []).map((tag) => tag.name))
-  for (const [route, { success, errors, bearer }] of Object.entries(EXPECTED)) {
+  for (const [route, { success, errors, bearer, mediaType = 'application/json' }] of Object.entries(EXPECTED)) {
     const [method, path] = route.split(' ') as [string, string]
     const operation = document.paths[path]?.[method.toLowerCase()]
     if (operation === undefined) {
@@ -130,7 +131,7 @@ test('every HTTP route is documented, with tags and response schemas', async (t)
     if (success === 204) {
       t.equal(successResponse?.content, undefined, `${route}: 204 has no body`)
     } else {
-      t.type(successResponse?.content?.['application/json']?.schema, 'object', `${route}: ${success} has a JSON schema`)
+      t.type(successResponse?.content?.[mediaType]?.schema, 'object', `${route}: ${success} has a schema for ${mediaType}`)
     }
     for (const status of errors) {
       const schema = operation.responses[String(status)]?.content?.['application/json']?.schema

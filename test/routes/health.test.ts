@@ -12,7 +12,7 @@ test('GET /ready reports the embedded backends', async (t) => {
   const app = await build(t)
   const { statusCode, body } = await call(app, { method: 'GET', url: '/ready' })
   t.equal(statusCode, 200)
-  t.same(body, { status: 'ready', database: { backend: 'memory', status: 'up' }, shared: { backend: 'memory', status: 'up' } })
+  t.same(body, { status: 'ready', database: { backend: 'memory', status: 'up' }, shared: { backend: 'memory', status: 'up' }, bus: { backend: 'local', status: 'up' } })
 })
 
 test('GET /ready on MariaDB and Redis', async (t) => {
@@ -21,5 +21,5 @@ test('GET /ready on MariaDB and Redis', async (t) => {
   const app = await build(t, await realBackendOptions(t, backends))
   const { statusCode, body } = await call(app, { method: 'GET', url: '/ready' })
   t.equal(statusCode, 200)
-  t.same(body, { status: 'ready', database: { backend: 'mysql', status: 'up' }, shared: { backend: 'redis', status: 'up' } })
+  t.same(body, { status: 'ready', database: { backend: 'mysql', status: 'up' }, shared: { backend: 'redis', status: 'up' }, bus: { backend: 'redis', status: 'up' } })
 })

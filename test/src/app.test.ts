@@ -73,7 +73,7 @@ test('the embedded OpenAPI document lists the prefixed paths', async (t) => {
   const paths = Object.keys(response.body.paths).sort()
   // The paths carry the prefix themselves; no server URL is added.
   t.same(paths, ['/chat/auth/login', '/chat/auth/logout', '/chat/auth/refresh', '/chat/auth/signup',
-    '/chat/health', '/chat/messages', '/chat/ready', '/chat/users/me', '/chat/users/online', '/chat/users/{id}'])
+    '/chat/health', '/chat/messages', '/chat/metrics', '/chat/ready', '/chat/users/me', '/chat/users/online', '/chat/users/{id}'])
   t.equal(response.body.servers, undefined, 'no servers entry')
   t.notOk(paths.includes('/hello'), 'the host\'s own routes are not in our document')
 

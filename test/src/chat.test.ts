@@ -2,10 +2,11 @@ import { test, type Test } from 'tap'
 import { WebSocket } from 'ws'
 import { createAccessTokens, type AccessTokenIdentity } from '../../src/access-tokens.js'
 import { createBatcher } from '../../src/batcher.js'
-import { createChat, type ChatDependencies, type Socket } from '../../src/chat.js'
+import { createChat, type ChatDependencies, type ChatObserver, type Socket } from '../../src/chat.js'
+import { createLocalCluster, type Cluster, type ClusterEvents } from '../../src/cluster.js'
 import { createConnectionRegistry } from '../../src/connections.js'
-import { createIdGenerator } from '../../src/ids.js'
-import type { OutputFormat } from '../../src/protocol.js'
+import { createIdGenerator, firstIdAt, idTime } from '../../src/ids.js'
+import { encodeMessage, type EncodedMessage, type OutputFormat } from '../../src/protocol.js'
 import type { PublicUser } from '../../src/schemas.js'
 import {
   createMemoryMessageStore, type MessageStore, type SaveOutcome, type SinceQuery, type StoredMessage
@@ -134,6 +135,8 @@ function storeView (store: MessageStore, overrides: Partial<Messages>): Messages
 }
 
 interface SetupOptions {
+  cluster?: Cluster
+  observer?: ChatObserver
   userExists?: (userId: number) => Promise<boolean>
   /** Sessions that have ended (logged out); every other session is live. */
   endedSessions?: string[]
@@ -166,6 +169,7 @@ function setup (t: Test, options: SetupOptions = {}) {
   let saveCalls = 0
   const chat = createChat({
     registry,
+    cluster: options.cluster ?? createLocalCluster(),
     userExists: (userId) => {
       asked.push(userId)
       return userExists(userId)
@@ -179,6 +183,7 @@ function setup (t: Test, options: SetupOptions = {}) {
     },
     messages: options.messages ?? store,
     limits: { messageMaxChars: 4000, messageRate, messageBurst, maxFrameBytes: 65_536 },
+    ...(options.observer === undefined ? {} : { observer: options.observer }),
     onError: (error) => { errors.push(error) }
   })
 
@@ -421,7 +426,7 @@ test('bad frames get their error codes, carrying the ref, and never close the so
   alice.send('no colon here')
   alice.send({ type: 'shout' })
   alice.send({ type: 'message', to: 2, text: 'x'.repeat(4001), id: 'long' })
-  alice.send({ type: 'watch', users: [2] })
+  alice.send({ type: 'watch', users: [0] })
   await idle()
   t.match(frames(alice.socket), [
     { type: 'error', code: 'BAD_RECEIVER', ref: 'r' },
@@ -429,7 +434,7 @@ test('bad frames get their error codes, carrying the ref, and never close the so
     { type: 'error', code: 'BAD_FORMAT' },
     { type: 'error', code: 'UNKNOWN_TYPE' },
     { type: 'error', code: 'TOO_LONG', ref: 'long' },
-    { type: 'error', code: 'UNKNOWN_TYPE' }
+    { type: 'error', code: 'BAD_RECEIVER' }
   ])
   t.equal(alice.socket.sent.length, 6)
   t.strictSame(alice.socket.closes, [])
@@ -1021,4 +1026,233 @@ test('drain waits for the cursor writes of users who went offline', async (t) =>
   await draining
   t.equal(drained, true, 'a failed write ends the wait too')
   t.strictSame(errors, [failure], 'and is reported')
+})
+
+/**
+ * The cluster of one node, with a hand on what the chat is told: the test
+ * plays the other nodes and the bus. (The Redis cluster itself is tested in
+ * test/src/stores/cluster.test.ts and test/routes/cluster.test.ts.)
+ */
+function steeredCluster ({ nodes = 2 }: { nodes?: number } = {}) {
+  const local = createLocalCluster()
+  const published: EncodedMessage[] = []
+  let listener: ClusterEvents | undefined
+  const cluster: Cluster = {
+    ...local,
+    attach (events) {
+      listener = events
+      local.attach(events)
+    },
+    publish (message) { published.push(message) },
+    nodeCount: () => nodes
+  }
+  return {
+    cluster,
+    published,
+    get events (): ClusterEvents {
+      if (listener === undefined) throw new Error('the chat did not attach')
+      return listener
+    }
+  }
+}
+
+/** A message as another node would have stored and sent it, made now. */
+function remoteMessage (from: number, to: number, text: string, idAt = Date.now()): { encoded: EncodedMessage, stored: StoredMessage } {
+  // Node 7's ids: another node's generator, at the time given.
+  const id = createIdGenerator({ nodeId: 7, clock: () => idAt }).next()
+  const stored: StoredMessage = { id, from, to, text, sentAt: new Date(idAt).toISOString(), ref: null }
+  return { encoded: encodeMessage(stored), stored }
+}
+
+test('watch answers with the state of each user, then pushes changes; a user goes offline with their last connection', async (t) => {
+  const { connect, idle } = setup(t)
+  const alice = connect(1)
+  const bobPhone = connect(2)
+  alice.send({ type: 'watch', users: [2, 3, 2] })
+  await idle()
+  t.strictSame(frames(alice.socket), [
+    { type: 'presence', userId: 2, online: true },
+    { type: 'presence', userId: 3, online: false }
+  ], 'each watched user once, in the order asked')
+
+  const carol = connect(3)
+  const bobLaptop = connect(2)
+  bobPhone.disconnect()
+  await idle()
+  t.strictSame(frames(alice.socket).slice(2), [{ type: 'presence', userId: 3, online: true }], 'bob still has his laptop')
+  bobLaptop.disconnect()
+  carol.disconnect()
+  await idle()
+  t.strictSame(frames(alice.socket).slice(3), [
+    { type: 'presence', userId: 2, online: false },
+    { type: 'presence', userId: 3, online: false }
+  ])
+})
+
+test('a new watch replaces the last one, an empty one stops watching, and text sockets are sent no presence', async (t) => {
+  const { connect, idle } = setup(t)
+  const alice = connect(1)
+  const textAlice = connect(1, { format: 'text' })
+  alice.send({ type: 'watch', users: [2] })
+  textAlice.send({ type: 'watch', users: [2] })
+  await idle()
+  alice.send({ type: 'watch', users: [3] })
+  await idle()
+  connect(2)
+  const carol = connect(3)
+  await idle()
+  alice.send({ type: 'watch', users: [] })
+  await idle()
+  carol.disconnect()
+  await idle()
+  t.strictSame(frames(alice.socket), [
+    { type: 'presence', userId: 2, online: false },
+    { type: 'presence', userId: 3, online: false },
+    { type: 'presence', userId: 3, online: true }
+  ])
+  t.strictSame(textAlice.socket.sent, [])
+})
+
+test('a presence change that comes while the watch is being answered is not undone by the older answer', async (t) => {
+  const steered = steeredCluster()
+  const states = holdCalls<readonly number[], boolean[]>()
+  steered.cluster.onlineStates = states.fn
+  const { connect, idle } = setup(t, { cluster: steered.cluster })
+  const alice = connect(1)
+  alice.send({ type: 'watch', users: [2, 3] })
+  const asked = await states.call(0)
+  steered.events.presence(2, true)
+  asked.resolve([false, false])
+  await idle()
+  t.strictSame(frames(alice.socket), [
+    { type: 'presence', userId: 2, online: true },
+    { type: 'presence', userId: 3, online: false }
+  ])
+})
+
+test('a message from another node reaches the recipient and the sender\'s devices here, counted as remote', async (t) => {
+  const steered = steeredCluster()
+  const delivered: string[] = []
+  const { connect, idle } = setup(t, { cluster: steered.cluster, observer: { accepted: () => {}, delivered: (route) => { delivered.push(route) } } })
+  const bob = connect(2)
+  const aliceLaptop = connect(1)
+  const carol = connect(3)
+  await idle()
+  steered.events.message(remoteMessage(1, 2, 'from the other node').encoded)
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['from the other node'])
+  t.strictSame(textsOf(aliceLaptop.socket), ['from the other node'])
+  t.strictSame(textsOf(carol.socket), [])
+  t.strictSame(delivered, ['remote', 'remote'])
+})
+
+test('a message sent here is published once for the other nodes, and counted as accepted and delivered locally', async (t) => {
+  const steered = steeredCluster()
+  const seen: string[] = []
+  const { connect, idle, message } = setup(t, {
+    cluster: steered.cluster,
+    observer: { accepted: () => { seen.push('accepted') }, delivered: (route) => { seen.push(route) } }
+  })
+  const alice = connect(1)
+  connect(2)
+  await idle()
+  const id = await message(alice, 2, 'hello')
+  await message(alice, 2, 'hello', 'same-ref')
+  await message(alice, 2, 'hello', 'same-ref')
+  t.strictSame(steered.published.map((published) => published.id)[0], id)
+  t.equal(steered.published.length, 2, 'the resend is not published again')
+  t.strictSame(seen, ['local', 'accepted', 'local', 'accepted'])
+})
+
+test('an ended session announced by another node closes its sockets here', async (t) => {
+  const steered = steeredCluster()
+  const { connect, idle } = setup(t, { cluster: steered.cluster })
+  const phone = connect(1)
+  const other = connect(1, { identity: accessTokens.verify(accessTokens.issue(1, 'another-session').token) })
+  await idle()
+  steered.events.sessionRevoked(1, 'session-of-1')
+  t.match(phone.socket.closes, [{ code: 1008 }])
+  t.strictSame(other.socket.closes, [])
+})
+
+test('during a bus outage live delivery pauses; afterwards what was missed is replayed from the store, each message once', async (t) => {
+  const steered = steeredCluster()
+  const { connect, idle, message, store } = setup(t, { cluster: steered.cluster })
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  const before = await message(alice, 2, 'before')
+  await idle()
+
+  steered.events.interrupted(firstIdAt(Date.now() - 5000))
+  // Stored by another node, published while this node's subscriber was gone: lost on the bus.
+  const lost = remoteMessage(3, 2, 'lost on the bus', Date.now() - 10)
+  await store.save([lost.stored])
+  // Sent here during the outage: acknowledged, but its live copy waits for the resync.
+  const during = await message(alice, 2, 'during')
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['before'], 'nothing live while paused')
+
+  steered.events.restored(firstIdAt(idTime(before) - 1000))
+  await bob.socket.until(() => textsOf(bob.socket).length === 3)
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['before', 'lost on the bus', 'during'], 'each once, in id order, "before" not again')
+  t.strictSame(textsOf(alice.socket), [], 'the sender is not sent her own messages back')
+  t.ok(acksOf(alice.socket).some((ack) => ack.id === during))
+
+  await message(alice, 2, 'live again')
+  await idle()
+  t.strictSame(textsOf(bob.socket).at(-1), 'live again')
+})
+
+test('a user who leaves during a bus outage keeps a cursor no newer than the gap', async (t) => {
+  const steered = steeredCluster()
+  const { connect, idle, message, store } = setup(t, { cluster: steered.cluster })
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  const gapFrom = firstIdAt(Date.now() - 5000)
+  steered.events.interrupted(gapFrom)
+  await message(bob, 1, 'sent while the bus was down')
+  bob.disconnect()
+  alice.disconnect()
+  await idle()
+  t.equal(await store.seenThrough(2), gapFrom)
+})
+
+test('after a bus outage a socket whose session ended meanwhile is closed', async (t) => {
+  const steered = steeredCluster()
+  const { connect, idle } = setup(t, { cluster: steered.cluster, endedSessions: ['session-of-2'] })
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  steered.events.interrupted(firstIdAt(Date.now() - 5000))
+  steered.events.restored(firstIdAt(Date.now() - 5000))
+  await bob.socket.closed
+  t.match(bob.socket.closes, [{ code: 1008 }])
+  t.strictSame(alice.socket.closes, [])
+})
+
+test('with several nodes a catch-up starts a second before the cursor, since messages may cross nodes out of order', async (t) => {
+  const steered = steeredCluster({ nodes: 2 })
+  const { connect, idle, store } = setup(t, { cluster: steered.cluster })
+  const now = Date.now()
+  const early = remoteMessage(3, 2, 'made first, arrived late', now - 400)
+  const later = remoteMessage(4, 2, 'made second', now - 200)
+  await store.save([early.stored, later.stored])
+  const bob = connect(2, { since: later.stored.id })
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['made first, arrived late', 'made second'])
+})
+
+test('on one node a catch-up starts exactly after the cursor', async (t) => {
+  const steered = steeredCluster({ nodes: 1 })
+  const { connect, idle, store } = setup(t, { cluster: steered.cluster })
+  const now = Date.now()
+  const early = remoteMessage(3, 2, 'early', now - 400)
+  const later = remoteMessage(4, 2, 'later', now - 200)
+  await store.save([early.stored, later.stored])
+  const bob = connect(2, { since: early.stored.id })
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['later'])
 })

@@ -30,7 +30,8 @@ test('resolveConfig fills every default', async (t) => {
     rateLimitWindow: 60,
     authRateLimitMax: 10,
     authRateLimitWindow: 60,
-    redisKeyPrefix: 'switchboard:'
+    redisKeyPrefix: 'switchboard:',
+    presenceTtl: 15
   })
   t.notOk('mysqlUrl' in config, 'no database unless configured')
   t.notOk('redisUrl' in config, 'no Redis unless configured')

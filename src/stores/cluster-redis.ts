@@ -1,0 +1,425 @@
+import { createHash } from 'node:crypto'
+import type { Redis } from 'ioredis'
+import type { Cluster, ClusterEvents } from '../cluster.js'
+import { firstIdAt } from '../ids.js'
+import { decodeMessageFrame, type EncodedMessage } from '../protocol.js'
+
+/*
+ * Nodes sharing one Redis. Keys (all under the prefix):
+ *   cluster:nodes              ZSET node id -> when it counts as dead (ms, Redis clock)
+ *   cluster:node:<n>:users     SET  users connected to node n
+ *   cluster:user:<u>:nodes     SET  nodes user u is connected to (routing looks here)
+ *   cluster:online             ZSET users connected anywhere, scored by id (pages in id order)
+ * Channels:
+ *   cluster:bus:<n>            message frames for node n, newline-separated (JSON has no raw newline)
+ *   cluster:events             presence changes "p:<user>:<1|0>" and ended sessions "r:<user>:<session>"
+ * Each node heartbeats its entry in cluster:nodes; any node reaps entries
+ * past their time, taking their users offline. Every key expires unless a
+ * live node keeps it, so a cluster that died whole leaves nothing for long.
+ * Keys are built inside the scripts: a single Redis, not Redis Cluster.
+ */
+
+/** Applies joins and leaves in order: ARGV prefix, node, keepMs, ttlMs, then op ('j'|'l') and user pairs. */
+const PRESENCE = `
+local prefix, node, keep, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
+local online = prefix .. 'cluster:online'
+local events = {}
+for i = 5, #ARGV, 2 do
+  local op, user = ARGV[i], ARGV[i + 1]
+  local userNodes = prefix .. 'cluster:user:' .. user .. ':nodes'
+  if op == 'j' then
+    if redis.call('SADD', nodeUsers, user) == 1 then
+      redis.call('SADD', userNodes, node)
+      redis.call('PEXPIRE', userNodes, keep)
+      if redis.call('SCARD', userNodes) == 1 then
+        redis.call('ZADD', online, user, user)
+        events[#events + 1] = 'p:' .. user .. ':1'
+      end
+    end
+  elseif redis.call('SREM', nodeUsers, user) == 1 then
+    redis.call('SREM', userNodes, node)
+    if redis.call('SCARD', userNodes) == 0 then
+      redis.call('ZREM', online, user)
+      events[#events + 1] = 'p:' .. user .. ':0'
+    end
+  end
+end
+if redis.call('EXISTS', nodeUsers) == 1 then
+  redis.call('ZADD', prefix .. 'cluster:nodes', now + ttl, node)
+  redis.call('PEXPIRE', prefix .. 'cluster:nodes', keep)
+  redis.call('PEXPIRE', nodeUsers, keep)
+  redis.call('PEXPIRE', online, keep)
+end
+if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
+return #events
+`
+
+/** Takes every user of node ARGV[2] offline and forgets the node (clean shutdown, or reaping a dead one). */
+const LEAVE_NODE = `
+local function leaveNode (prefix, node, events)
+  local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
+  for _, user in ipairs(redis.call('SMEMBERS', nodeUsers)) do
+    local userNodes = prefix .. 'cluster:user:' .. user .. ':nodes'
+    redis.call('SREM', userNodes, node)
+    if redis.call('SCARD', userNodes) == 0 then
+      redis.call('ZREM', prefix .. 'cluster:online', user)
+      events[#events + 1] = 'p:' .. user .. ':0'
+    end
+  end
+  redis.call('DEL', nodeUsers)
+  redis.call('ZREM', prefix .. 'cluster:nodes', node)
+end
+`
+
+const CLOSE = LEAVE_NODE + `
+local events = {}
+leaveNode(ARGV[1], ARGV[2], events)
+if #events > 0 then redis.call('PUBLISH', ARGV[1] .. 'cluster:events', table.concat(events, '\\n')) end
+return #events
+`
+
+/**
+ * Renews this node (ARGV prefix, node, keepMs, ttlMs), reaps dead ones.
+ * Returns {1 if this node was still registered, live nodes}.
+ */
+const HEARTBEAT = LEAVE_NODE + `
+local prefix, node, keep, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local nodes = prefix .. 'cluster:nodes'
+local known = redis.call('ZSCORE', nodes, node)
+local events = {}
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. now)) do
+  if dead ~= node then leaveNode(prefix, dead, events) end
+end
+redis.call('ZADD', nodes, now + ttl, node)
+redis.call('PEXPIRE', nodes, keep)
+local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
+for _, user in ipairs(redis.call('SMEMBERS', nodeUsers)) do
+  redis.call('PEXPIRE', prefix .. 'cluster:user:' .. user .. ':nodes', keep)
+end
+redis.call('PEXPIRE', nodeUsers, keep)
+redis.call('PEXPIRE', prefix .. 'cluster:online', keep)
+if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
+return { known and 1 or 0, redis.call('ZCARD', nodes) }
+`
+
+/**
+ * Sends each message to the other nodes its recipient or sender is on, one
+ * PUBLISH per node for the whole batch. ARGV: prefix, this node, then
+ * recipient, sender, frame for each message.
+ */
+const ROUTE = `
+local prefix, self = ARGV[1], ARGV[2]
+local batches, order = {}, {}
+for i = 3, #ARGV, 3 do
+  local to, from, frame = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local targets = redis.call('SMEMBERS', prefix .. 'cluster:user:' .. to .. ':nodes')
+  if from ~= to then
+    for _, node in ipairs(redis.call('SMEMBERS', prefix .. 'cluster:user:' .. from .. ':nodes')) do
+      targets[#targets + 1] = node
+    end
+  end
+  local seen = {}
+  for _, node in ipairs(targets) do
+    if node ~= self and not seen[node] then
+      seen[node] = true
+      local batch = batches[node]
+      if batch == nil then
+        batch = {}
+        batches[node] = batch
+        order[#order + 1] = node
+      end
+      batch[#batch + 1] = frame
+    end
+  end
+end
+for _, node in ipairs(order) do
+  redis.call('PUBLISH', prefix .. 'cluster:bus:' .. node, table.concat(batches[node], '\\n'))
+end
+return #order
+`
+
+type ScriptArgument = string | number
+
+/** A Lua script run by its SHA, loaded again when Redis has forgotten it (after a restart). */
+function luaScript (redis: Redis, source: string): (...args: ScriptArgument[]) => Promise<unknown> {
+  const sha = createHash('sha1').update(source).digest('hex')
+  return async (...args) => {
+    try {
+      return await redis.evalsha(sha, 0, ...args)
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error
+      return await redis.eval(source, 0, ...args)
+    }
+  }
+}
+
+/** What the bus reports, for metrics. */
+export interface BusObserver {
+  published (messages: number): void
+  received (messages: number): void
+  error (): void
+  state (up: boolean): void
+}
+
+export interface RedisClusterOptions {
+  /** Runs commands and scripts. */
+  redis: Redis
+  /** A connection of its own for SUBSCRIBE; the cluster closes it. */
+  subscriber: Redis
+  prefix: string
+  nodeId: number
+  /** A node that has not renewed its entry for this long is taken for dead and its users go offline. */
+  ttlMs: number
+  observer?: BusObserver
+  onError: (error: unknown, context: string) => void
+}
+
+/**
+ * Ids made on other nodes, whose messages may have been lost, reach back
+ * this far before the last moment the subscriber was known to work: saving
+ * takes a moment between making an id and publishing, and clocks differ.
+ */
+export const GAP_SLACK_MS = 5000
+
+/** Presence and message routing between nodes through Redis; resolves once subscribed and registered. */
+export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, ttlMs, observer, onError }: RedisClusterOptions): Promise<Cluster> {
+  const node = String(nodeId)
+  const heartbeatMs = Math.max(100, Math.floor(ttlMs / 3))
+  // Long enough that a live node always renews it first.
+  const keepMs = Math.max(ttlMs * 4, 60_000)
+  const busChannel = `${prefix}cluster:bus:${node}`
+  const eventsChannel = `${prefix}cluster:events`
+  const presenceScript = luaScript(redis, PRESENCE)
+  const heartbeatScript = luaScript(redis, HEARTBEAT)
+  const routeScript = luaScript(redis, ROUTE)
+  const closeScript = luaScript(redis, CLOSE)
+
+  let events: ClusterEvents | undefined
+  /** Users with a connection here, as this node knows them (re-registered if Redis forgot them). */
+  const localUsers = new Set<number>()
+  let liveNodes = 1
+  let closed = false
+
+  // Joins and leaves of one tick go in one script call, in order (connect storms, mass disconnects).
+  let presenceOps: ScriptArgument[] = []
+  let presenceWaiters: Array<{ resolve: () => void, reject: (error: unknown) => void }> = []
+  let presenceFlush: Promise<void> | null = null
+
+  function flushPresence (): Promise<void> {
+    presenceFlush ??= new Promise<void>((resolve) => setImmediate(resolve)).then(async () => {
+      const ops = presenceOps
+      const waiters = presenceWaiters
+      presenceOps = []
+      presenceWaiters = []
+      presenceFlush = null
+      try {
+        await presenceScript(prefix, node, keepMs, ttlMs, ...ops)
+        for (const waiter of waiters) waiter.resolve()
+      } catch (error) {
+        for (const waiter of waiters) waiter.reject(error)
+      }
+    })
+    return presenceFlush
+  }
+
+  function queuePresence (op: 'j' | 'l', userId: number): Promise<void> {
+    presenceOps.push(op, userId)
+    const done = new Promise<void>((resolve, reject) => presenceWaiters.push({ resolve, reject }))
+    flushPresence().catch(() => {})
+    return done
+  }
+
+  // Messages routed in one tick go in one script call.
+  let outgoing: ScriptArgument[] = []
+  let outgoingScheduled = false
+
+  function flushOutgoing (): void {
+    outgoingScheduled = false
+    const batch = outgoing
+    outgoing = []
+    routeScript(prefix, node, ...batch)
+      .then(() => observer?.published(batch.length / 3))
+      .catch((error: unknown) => {
+        // ioredis resends commands cut off by a reconnect; this one failed for good.
+        observer?.error()
+        onError(error, 'routing messages to other nodes failed')
+      })
+  }
+
+  // The subscriber: how fresh it is known to be, and whether it is up.
+  let busUp = true
+  let lastHealthyAt = Date.now()
+
+  function gapFrom (): string {
+    return firstIdAt(lastHealthyAt - GAP_SLACK_MS)
+  }
+
+  function busLost (): void {
+    if (!busUp || closed) return
+    busUp = false
+    observer?.state(false)
+    events?.interrupted(gapFrom())
+  }
+
+  /** The subscriber is back: once its subscriptions are confirmed (a PING answers after them), resync. */
+  function busBack (): void {
+    if (busUp || closed) return
+    subscriber.ping().then(() => {
+      if (busUp || closed) return
+      const from = gapFrom()
+      busUp = true
+      lastHealthyAt = Date.now()
+      observer?.state(true)
+      events?.restored(from)
+    }, (error: unknown) => onError(error, 'the subscriber did not answer after reconnecting'))
+  }
+
+  function handleEvent (line: string): void {
+    const [kind, user, detail] = line.split(':', 3)
+    const userId = Number(user)
+    if (kind === 'p') events?.presence(userId, detail === '1')
+    else if (kind === 'r' && detail !== undefined) events?.sessionRevoked(userId, detail)
+  }
+
+  subscriber.on('message', (channel: string, payload: string) => {
+    lastHealthyAt = Date.now()
+    const lines = payload.split('\n')
+    if (channel === busChannel) {
+      observer?.received(lines.length)
+      for (const line of lines) {
+        let message: EncodedMessage
+        try {
+          message = decodeMessageFrame(line)
+        } catch (error) {
+          observer?.error()
+          onError(error, 'a message from another node could not be read')
+          continue
+        }
+        events?.message(message)
+      }
+    } else if (channel === eventsChannel) {
+      for (const line of lines) handleEvent(line)
+    }
+  })
+  subscriber.on('close', busLost)
+  subscriber.on('ready', busBack)
+  // Errors come with every failed reconnect: counted, and logged by the caller.
+  subscriber.on('error', (error: unknown) => {
+    observer?.error()
+    onError(error, 'the bus subscriber failed')
+  })
+
+  async function heartbeat (): Promise<void> {
+    const [known, nodes] = await heartbeatScript(prefix, node, keepMs, ttlMs) as [number, number]
+    liveNodes = nodes
+    if (known === 0 && localUsers.size > 0 && !closed) {
+      // Redis lost this node (restarted, or reaped it after a long stall): register its users again,
+      // and resync, since no message was routed here meanwhile.
+      const interrupted = gapFrom()
+      events?.interrupted(interrupted)
+      await Promise.all([...localUsers].map((userId) => queuePresence('j', userId)))
+      events?.restored(interrupted)
+    }
+  }
+
+  /** Pings the subscriber so a silently dead connection is noticed, not just a closed one. */
+  async function checkSubscriber (): Promise<void> {
+    if (!busUp) return
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), heartbeatMs) })
+    const answer = await Promise.race([subscriber.ping().then(() => 'pong' as const), timeout]).finally(() => clearTimeout(timer))
+    if (answer === 'pong') {
+      lastHealthyAt = Date.now()
+      return
+    }
+    busLost()
+    // Drop it and connect again; `ready` then resyncs.
+    subscriber.disconnect(true)
+  }
+
+  await subscriber.subscribe(busChannel, eventsChannel)
+  await heartbeat()
+  const beating = setInterval(() => {
+    heartbeat().catch((error: unknown) => {
+      observer?.error()
+      onError(error, 'cluster heartbeat failed')
+    })
+    checkSubscriber().catch((error: unknown) => onError(error, 'pinging the bus subscriber failed'))
+  }, heartbeatMs)
+  beating.unref()
+
+  return {
+    backend: 'redis',
+
+    attach (listener) {
+      events = listener
+    },
+
+    async join (userId) {
+      localUsers.add(userId)
+      await queuePresence('j', userId)
+    },
+
+    leave (userId) {
+      localUsers.delete(userId)
+      queuePresence('l', userId).catch((error: unknown) => onError(error, 'leaving the online list failed'))
+    },
+
+    publish (message) {
+      outgoing.push(message.to, message.from, message.json)
+      if (outgoingScheduled) return
+      outgoingScheduled = true
+      setImmediate(flushOutgoing)
+    },
+
+    revokeSession (userId, sessionId) {
+      // At once here, whatever the bus does; every node (this one too, harmlessly) hears it.
+      events?.sessionRevoked(userId, sessionId)
+      redis.publish(eventsChannel, `r:${userId}:${sessionId}`)
+        .catch((error: unknown) => onError(error, 'announcing an ended session failed'))
+    },
+
+    async isOnline (userId) {
+      return await redis.zscore(`${prefix}cluster:online`, userId) !== null
+    },
+
+    async onlineStates (userIds) {
+      if (userIds.length === 0) return []
+      const scores = await redis.zmscore(`${prefix}cluster:online`, ...userIds)
+      return scores.map((score) => score !== null)
+    },
+
+    async onlineUsers ({ after, limit }) {
+      const key = `${prefix}cluster:online`
+      const [count, page] = await Promise.all([
+        redis.zcard(key),
+        redis.zrangebyscore(key, `(${after}`, '+inf', 'LIMIT', 0, limit)
+      ])
+      return { count, userIds: page.map(Number) }
+    },
+
+    nodeCount: () => liveNodes,
+
+    async check () {
+      if (!busUp) throw new Error('the bus subscriber is disconnected')
+      await redis.ping()
+    },
+
+    async close () {
+      if (closed) return
+      closed = true
+      clearInterval(beating)
+      if (outgoingScheduled) flushOutgoing()
+      await presenceFlush
+      await closeScript(prefix, node)
+      localUsers.clear()
+      subscriber.removeAllListeners('close')
+      await subscriber.quit().catch(() => subscriber.disconnect())
+    }
+  }
+}
