@@ -75,7 +75,7 @@ export default fp(async function poolPlugin (fastify) {
     ? createLocalCluster()
     : await createRedisCluster({
       redis,
-      subscriber: redis.duplicate({ connectionName: 'switchboard-bus' }),
+      subscriber: redis.duplicate({ connectionName: 'switchboard-bus', enableAutoPipelining: false }),
       prefix: keyPrefix,
       nodeId: lease.nodeId,
       ttlMs,

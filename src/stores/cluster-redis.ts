@@ -254,16 +254,33 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
   // The subscriber: how fresh it is known to be, and whether it is up.
   let busUp = true
   let lastHealthyAt = Date.now()
+  /** While messages for this node may be getting lost: since when (ms); null when none are. */
+  let gapStartedAt: number | null = null
+  let reregistering = false
 
   function gapFrom (): string {
-    return firstIdAt(lastHealthyAt - GAP_SLACK_MS)
+    return firstIdAt((gapStartedAt ?? lastHealthyAt) - GAP_SLACK_MS)
+  }
+
+  /** Messages published for this node since `since` (ms) may be lost: the chat pauses. */
+  function interrupt (since: number): void {
+    gapStartedAt = Math.min(gapStartedAt ?? since, since)
+    events?.interrupted(gapFrom())
+  }
+
+  /** Every cause of the gap is over: the chat resyncs from its start. */
+  function restore (): void {
+    if (gapStartedAt === null || !busUp || reregistering || closed) return
+    const from = gapFrom()
+    gapStartedAt = null
+    events?.restored(from)
   }
 
   function busLost (): void {
     if (!busUp || closed) return
     busUp = false
     observer?.state(false)
-    events?.interrupted(gapFrom())
+    interrupt(lastHealthyAt)
   }
 
   /** The subscriber is back: once its subscriptions are confirmed (a PING answers after them), resync. */
@@ -271,11 +288,10 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     if (busUp || closed) return
     subscriber.ping().then(() => {
       if (busUp || closed) return
-      const from = gapFrom()
       busUp = true
       lastHealthyAt = Date.now()
       observer?.state(true)
-      events?.restored(from)
+      restore()
     }, (error: unknown) => onError(error, 'the subscriber did not answer after reconnecting'))
   }
 
@@ -314,17 +330,27 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     onError(error, 'the bus subscriber failed')
   })
 
+  /** When Redis last confirmed this node's registration: routing here may have stopped after that. */
+  let lastRegisteredAt = Date.now()
+
   async function heartbeat (): Promise<void> {
     const [known, nodes] = await heartbeatScript(prefix, node, keepMs, ttlMs) as [number, number]
     liveNodes = nodes
-    if (known === 0 && localUsers.size > 0 && !closed) {
-      // Redis lost this node (restarted, or reaped it after a long stall): register its users again,
-      // and resync, since no message was routed here meanwhile.
-      const interrupted = gapFrom()
-      events?.interrupted(interrupted)
-      await Promise.all([...localUsers].map((userId) => queuePresence('j', userId)))
-      events?.restored(interrupted)
+    if (known === 1 || localUsers.size === 0 || closed) {
+      lastRegisteredAt = Date.now()
+      return
     }
+    // Redis lost this node (restarted, or reaped it after a long stall) and routed nothing here
+    // meanwhile: register its users again, then resync (once the subscriber is up, too).
+    interrupt(lastRegisteredAt)
+    reregistering = true
+    try {
+      await Promise.all([...localUsers].map((userId) => queuePresence('j', userId)))
+      lastRegisteredAt = Date.now()
+    } finally {
+      reregistering = false
+    }
+    restore()
   }
 
   /** Pings the subscriber so a silently dead connection is noticed, not just a closed one. */

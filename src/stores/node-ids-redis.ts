@@ -8,9 +8,15 @@ import { MAX_NODE_ID } from '../ids.js'
  * holding the node's random token, expiring unless renewed.
  */
 
+/** Extends the lease, or takes it again if it vanished (Redis restarted): 0 only if another node holds it. */
 const RENEW = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 `
@@ -24,7 +30,7 @@ return 0
 
 export interface NodeIdLease {
   nodeId: number
-  /** Extends the lease; false when it was lost (expired and perhaps taken by another node). */
+  /** Extends the lease (taking it again if Redis forgot it); false when another node holds it now. */
   renew (): Promise<boolean>
   release (): Promise<void>
 }

@@ -134,8 +134,16 @@ test('UNKNOWN_TYPE: a JSON frame with a type the server does not know, or none',
   await expectError(t, a, {}, 'UNKNOWN_TYPE')
   await expectError(t, a, { type: 42 }, 'UNKNOWN_TYPE')
   await expectError(t, a, { type: 'MESSAGE', to: 1, text: 'x' }, 'UNKNOWN_TYPE')
-  // `watch` (presence) is not served by this version.
-  await expectError(t, a, { type: 'watch', users: [1] }, 'UNKNOWN_TYPE')
+  await expectError(t, a, { type: 'WATCH', users: [1] }, 'UNKNOWN_TYPE')
+})
+
+test('a watch of more than 1000 users is BAD_FORMAT, a bad id BAD_RECEIVER; the socket stays open', async (t) => {
+  const { a } = await pair(t)
+  await expectError(t, a, { type: 'watch', users: Array.from({ length: 1001 }, (_, index) => index + 1) }, 'BAD_FORMAT')
+  await expectError(t, a, { type: 'watch', users: [1, 'two'] }, 'BAD_RECEIVER')
+  await expectError(t, a, { type: 'watch', users: '1' }, 'BAD_FORMAT')
+  a.send({ type: 'ping' })
+  t.same(await a.nextJson(), { type: 'pong' })
 })
 
 test('a frame over wsMaxPayload closes the socket with 1009; one of exactly the limit is fine', async (t) => {

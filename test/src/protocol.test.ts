@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import {
-  CLOSE_CODES, ERROR_CODES, MAX_REF_LENGTH, MAX_WATCH_USERS, PONG_FRAME, ackFrame, encodeMessage, errorFrame,
+  CLOSE_CODES, ERROR_CODES, MAX_REF_LENGTH, MAX_WATCH_USERS, PONG_FRAME, ackFrame, decodeMessageFrame, encodeMessage, errorFrame,
   parseClientFrame, presenceFrame, welcomeFrame, type ParseResult
 } from '../../src/protocol.js'
 
@@ -162,10 +162,17 @@ test('TOO_LONG counts code points, not UTF-16 units', async (t) => {
 test('encodeMessage encodes once per format', async (t) => {
   const message = { id: '123456789', from: 1, to: 2, text: 'a:b\n"c"', sentAt: '2025-06-01T12:00:00.000Z' }
   const encoded = encodeMessage(message)
-  t.strictSame(Object.keys(encoded).sort(), ['id', 'json', 'text'])
+  t.strictSame(Object.keys(encoded).sort(), ['from', 'id', 'json', 'text', 'to'])
   t.equal(encoded.id, '123456789', 'the server id, for replay and cursors')
+  t.strictSame([encoded.from, encoded.to], [1, 2], 'the two users it is routed to')
   t.strictSame(JSON.parse(encoded.json), { type: 'message', ...message })
   t.equal(encoded.text, '1:a:b\n"c"')
+})
+
+test('decodeMessageFrame reads back what another node encoded, reusing its JSON', async (t) => {
+  const encoded = encodeMessage({ id: '987654321', from: 5, to: 6, text: 'über:\n"x"', sentAt: '2025-06-01T12:00:00.000Z' })
+  t.strictSame(decodeMessageFrame(encoded.json), encoded)
+  t.throws(() => decodeMessageFrame('{"type":'), SyntaxError)
 })
 
 test('encodeMessage takes only the wire fields of a stored message', async (t) => {

@@ -38,13 +38,14 @@ test('node id leases on Redis', async (t) => {
     t.equal(await redis.get(key), 'another node', 'and releasing it leaves the new holder alone')
   })
 
-  t.test('an expired lease frees its id', async (t) => {
+  t.test('an expired lease frees its id, and its holder takes it again if no one else did (Redis restarted)', async (t) => {
     const prefix = freshRedisPrefix(t, backends.redisUrl)
     const lease = await leaseNodeId(redis, { prefix, ttlMs: 50 })
     const key = `${prefix}node:${lease.nodeId}`
     // Bounded wait for Redis to expire the key (it must, within a few ms of the TTL).
     for (let attempt = 0; attempt < 100 && await redis.exists(key) === 1; attempt++) await new Promise((resolve) => setTimeout(resolve, 10))
     t.equal(await redis.exists(key), 0)
-    t.equal(await lease.renew(), false)
+    t.equal(await lease.renew(), true)
+    t.ok(await redis.pttl(key) > 0, 'held again, with a TTL')
   })
 })
