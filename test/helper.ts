@@ -82,15 +82,35 @@ export function freshRedisPrefix (t: Test, redisUrl: string): string {
   t.teardown(async () => {
     const redis = new Redis(redisUrl, { lazyConnect: true })
     await redis.connect()
-    let cursor = '0'
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-      if (keys.length > 0) await redis.del(...keys)
-      cursor = next
-    } while (cursor !== '0')
+    const keys = await scanKeys(redis, `${prefix}*`)
+    if (keys.length > 0) await redis.del(...keys)
     await redis.quit()
   })
   return prefix
+}
+
+/** Every key matching `pattern` (SCAN, so it never blocks the server). */
+export async function scanKeys (redis: Redis, pattern: string): Promise<string[]> {
+  const keys: string[] = []
+  let cursor = '0'
+  do {
+    const [next, found] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+    keys.push(...found)
+    cursor = next
+  } while (cursor !== '0')
+  return keys
+}
+
+/**
+ * Polls `condition` until it holds, for states no event announces (a node
+ * reaped, a user gone from the online list); fails after `timeoutMs`.
+ */
+export async function until (what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!await condition()) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
 }
 
 /** Options for an app on the real backends, each test with its own database and key prefix. */

@@ -19,13 +19,17 @@ import { decodeMessageFrame, type EncodedMessage } from '../protocol.js'
  * Keys are built inside the scripts: a single Redis, not Redis Cluster.
  */
 
-/** Applies joins and leaves in order: ARGV prefix, node, keepMs, ttlMs, then op ('j'|'l') and user pairs. */
+/**
+ * Applies joins and leaves in order: ARGV prefix, node, keepMs, ttlMs, then op ('j'|'l') and user pairs.
+ * Returns 0 if the node was not registered (reaped or forgotten), else 1.
+ */
 const PRESENCE = `
 local prefix, node, keep, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
 local online = prefix .. 'cluster:online'
+local known = redis.call('ZSCORE', prefix .. 'cluster:nodes', node)
 local events = {}
 for i = 5, #ARGV, 2 do
   local op, user = ARGV[i], ARGV[i + 1]
@@ -54,7 +58,7 @@ if redis.call('EXISTS', nodeUsers) == 1 then
   redis.call('PEXPIRE', online, keep)
 end
 if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
-return #events
+return known and 1 or 0
 `
 
 /** Takes every user of node ARGV[2] offline and forgets the node (clean shutdown, or reaping a dead one). */
@@ -218,8 +222,11 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
       presenceWaiters = []
       presenceFlush = null
       try {
-        await presenceScript(prefix, node, keepMs, ttlMs, ...ops)
+        const known = await presenceScript(prefix, node, keepMs, ttlMs, ...ops)
         for (const waiter of waiters) waiter.resolve()
+        // Reaped (or forgotten) since the last heartbeat, and this call registered the node again:
+        // the heartbeat would not notice, so the users it had go back in now.
+        if (known === 0) reregister().catch((error: unknown) => onError(error, 'registering this node again failed'))
       } catch (error) {
         for (const waiter of waiters) waiter.reject(error)
       }
@@ -340,8 +347,15 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
       lastRegisteredAt = Date.now()
       return
     }
-    // Redis lost this node (restarted, or reaped it after a long stall) and routed nothing here
-    // meanwhile: register its users again, then resync (once the subscriber is up, too).
+    await reregister()
+  }
+
+  /**
+   * Redis lost this node (restarted, or reaped it after a long stall) and routed nothing here
+   * meanwhile: register its users again, then resync (once the subscriber is up, too).
+   */
+  async function reregister (): Promise<void> {
+    if (localUsers.size === 0 || closed || reregistering) return
     interrupt(lastRegisteredAt)
     reregistering = true
     try {
