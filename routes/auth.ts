@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import createError from '@fastify/error'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -6,6 +7,10 @@ import { normalizeEmail } from '../src/auth.js'
 import { EmailSchema, ErrorSchema, NameSchema, PasswordSchema, TokensSchema, UserSchema } from '../src/schemas.js'
 
 const AccountRateLimitedError = createError('RATE_LIMITED', 'too many attempts for this account, retry in %s s', 429)
+
+function accountKey (email: string): string {
+  return createHash('sha256').update(normalizeEmail(email)).digest('base64url')
+}
 
 const RefreshTokenBody = Type.Object({
   refresh_token: Type.String({ minLength: 1, maxLength: 512 })
@@ -21,7 +26,8 @@ export default (async function authRoutes (fastify) {
   // per-IP limit has already counted, which is every request here.)
   const accountLimit = fastify.createRateLimit({
     ...perIp,
-    keyGenerator: (request: FastifyRequest) => `account:${normalizeEmail(String((request.body as { email?: unknown })?.email ?? ''))}`
+    // Hashed: the counters' keys (in Redis) need not hold anyone's email address.
+    keyGenerator: (request: FastifyRequest) => `account:${accountKey(String((request.body as { email?: unknown })?.email ?? ''))}`
   })
   const perAccount = async (request: FastifyRequest, reply: FastifyReply) => {
     const limit = await accountLimit(request)

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
-import { DEFAULT_PAGE_LIMIT, ErrorSchema, MessageIdSchema, MessageSchema, PageLimitSchema, UserIdSchema } from '../src/schemas.js'
+import { DEFAULT_PAGE_LIMIT, ErrorSchema, MessageIdSchema, MessageSchema, PageLimitSchema, ServerMessageIdSchema, UserIdSchema } from '../src/schemas.js'
 
 export default (async function messagesRoutes (fastify) {
   const { messages } = fastify.switchboardDb
@@ -22,7 +22,7 @@ export default (async function messagesRoutes (fastify) {
       response: {
         200: Type.Object({
           messages: Type.Array(MessageSchema),
-          nextBefore: Type.Union([MessageIdSchema, Type.Null()])
+          nextBefore: Type.Union([ServerMessageIdSchema, Type.Null()])
         }),
         400: ErrorSchema,
         401: ErrorSchema,

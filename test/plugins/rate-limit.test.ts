@@ -2,7 +2,7 @@ import type { FastifyInstance, InjectOptions } from 'fastify'
 import { Redis } from 'ioredis'
 import { test, type Test } from 'tap'
 import type { SwitchboardOptions } from '../../src/app.js'
-import { build, call, realBackendOptions, realBackends } from '../helper.js'
+import { build, call, realBackendOptions, realBackends, scanKeys } from '../helper.js'
 
 interface ErrorBody {
   statusCode: number
@@ -141,16 +141,11 @@ test('rate limits on Redis, with the counters under the test\'s prefix', async (
 
   const redis = new Redis(backends.redisUrl)
   t.teardown(() => redis.quit())
-  const all: string[] = []
-  let cursor = '0'
-  do {
-    const [next, found] = await redis.scan(cursor, 'MATCH', `${options.redisKeyPrefix}rl:*`, 'COUNT', 1000)
-    all.push(...found)
-    cursor = next
-  } while (cursor !== '0')
+  const all = await scanKeys(redis, `${options.redisKeyPrefix}rl:*`)
   t.ok(all.some((key) => key.includes('/auth/login') && key.endsWith('10.1.0.1')), 'the per-IP login counter is in Redis')
   t.ok(all.some((key) => key.includes('10.5.0.1')), 'the global counter is in Redis')
   t.ok(all.some((key) => key.includes('account:')), 'the per-account counter is in Redis')
+  t.notOk(all.some((key) => key.includes('@')), 'under a hash of the email, not the address')
 })
 
 test('a second app on the same Redis shares the counters', async (t) => {
