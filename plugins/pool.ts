@@ -5,7 +5,7 @@ import { createChat, type Chat } from '../src/chat.js'
 import { createLocalCluster } from '../src/cluster.js'
 import { createConnectionRegistry } from '../src/connections.js'
 import { createIdGenerator, MAX_NODE_ID } from '../src/ids.js'
-import { loggable } from '../src/errors.js'
+import { ConfigError, loggable } from '../src/errors.js'
 import { CLOSE_CODES } from '../src/protocol.js'
 import type { SaveOutcome, StoredMessage } from '../src/stores/messages-memory.js'
 import { createRedisCluster, GAP_SLACK_MS } from '../src/stores/cluster-redis.js'
@@ -39,6 +39,10 @@ export default fp(async function poolPlugin (fastify) {
   const { users, messages } = fastify.switchboardDb
   // With Redis, several nodes may run: each leases its own node id, so message ids never collide.
   const { redis, keyPrefix } = fastify.switchboardShared
+  if (redis !== null && fastify.switchboardDb.backend === 'memory') {
+    // Nodes sharing Redis but each keeping its own users would hand out the same ids to different people.
+    throw new ConfigError('MYSQL_URL (option "mysqlUrl", or a "mysql" pool) is required when Redis is configured: every node must share the users and messages')
+  }
   const lease = redis === null ? null : await leaseNodeId(redis, { prefix: keyPrefix, ttlMs: NODE_ID_LEASE_MS })
   const ids = createIdGenerator({ nodeId: lease?.nodeId ?? randomInt(MAX_NODE_ID + 1) })
   if (lease !== null) {

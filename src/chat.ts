@@ -139,6 +139,8 @@ export function createChat (dependencies: ChatDependencies) {
    * this may not have reached the user, so no cursor is written past it.
    */
   let cursorCeiling: string | null = null
+  /** Counts resyncs, so that only the latest one, when it ends, lifts the ceiling. */
+  let resyncRound = 0
 
   function received (userId: number, id: string): void {
     const newest = newestReceived.get(userId)
@@ -213,6 +215,7 @@ export function createChat (dependencies: ChatDependencies) {
     },
     restored (gapFrom) {
       busDown = false
+      const round = ++resyncRound
       const resyncing = forEachSession(async (session) => {
         // A logout or presence change announced during the outage was missed.
         if (!await isSessionLive(session.connection.sessionId)) {
@@ -221,7 +224,7 @@ export function createChat (dependencies: ChatDependencies) {
         }
         await Promise.all([session.resync(gapFrom), session.refreshWatch()])
       })
-      resyncing.then(() => { if (!busDown) cursorCeiling = null }, onError)
+      resyncing.then(() => { if (!busDown && round === resyncRound) cursorCeiling = null }, onError)
     }
   })
 
@@ -241,11 +244,16 @@ export function createChat (dependencies: ChatDependencies) {
     let heldBack: Array<{ message: EncodedMessage, route: DeliveryRoute }> = []
     /** A resync asked for while a replay runs, which then goes on from here. */
     let resyncFrom: string | null = null
+    /** The replay under way, if one is. */
+    let running: Promise<boolean> | null = null
     // Frames are handled strictly in arrival order, even when one must wait on a store.
     let pending: Promise<void> | undefined
     /** Watched users and the state last sent for each (null: the first answer is still to come). */
     let watched = new Map<number, boolean | null>()
     let watchGeneration = 0
+    /** Presence events so far, and the count when each watched user's last one came: an answer asked before it is older. */
+    let presenceEvents = 0
+    const lastEventAt = new Map<number, number>()
 
     function write (message: EncodedMessage, route: DeliveryRoute | null): void {
       if (socket.readyState !== OPEN) return
@@ -318,7 +326,13 @@ export function createChat (dependencies: ChatDependencies) {
      * then goes live. Resolves true when it got to the end (the socket stayed
      * open); a replay that ends while the bus is down leaves the socket paused.
      */
-    async function replay (after: string): Promise<boolean> {
+    function replay (after: string): Promise<boolean> {
+      const run = replayFrom(after).finally(() => { if (running === run) running = null })
+      running = run
+      return run
+    }
+
+    async function replayFrom (after: string): Promise<boolean> {
       mode = 'replaying'
       // Other nodes must be routing this user's messages here before the store is read.
       await joined.get(user.id)
@@ -409,6 +423,7 @@ export function createChat (dependencies: ChatDependencies) {
     }
 
     function unwatchAll (): void {
+      lastEventAt.clear()
       for (const userId of watched.keys()) {
         const set = watchers.get(userId)
         set?.delete(control)
@@ -420,12 +435,15 @@ export function createChat (dependencies: ChatDependencies) {
     /** Asks the cluster for the watched users' state and sends each that is new to the socket. */
     async function refreshWatch (): Promise<void> {
       const generation = watchGeneration
+      const asked = presenceEvents
       const userIds = [...watched.keys()]
       if (userIds.length === 0) return
       const states = await cluster.onlineStates(userIds)
       // A newer watch replaced this one meanwhile.
       if (generation !== watchGeneration || closed) return
       userIds.forEach((userId, index) => {
+        // A change that came while asking is at least as new as the answer.
+        if ((lastEventAt.get(userId) ?? -1) >= asked) return
         const online = states[index] ?? false
         if (watched.has(userId) && watched.get(userId) !== online) sendPresence(userId, online)
       })
@@ -499,15 +517,19 @@ export function createChat (dependencies: ChatDependencies) {
         if (closing) return
         recent.holdFrom(gapFrom)
         if (mode === 'replaying') {
-          // The running replay goes on from the gap.
+          // The replay under way (or about to start) goes on from the gap; the resync ends with it.
           resyncFrom = resyncFrom !== null && compareIds(resyncFrom, gapFrom) < 0 ? resyncFrom : gapFrom
+          // (Its failure is handled where it was started.)
+          await running?.then(() => {}, () => {})
           return
         }
         await replay(gapFrom).catch(failed)
       },
       presence (userId, online) {
         const last = watched.get(userId)
-        if (last !== undefined && last !== online) sendPresence(userId, online)
+        if (last === undefined) return
+        lastEventAt.set(userId, presenceEvents++)
+        if (last !== online) sendPresence(userId, online)
       },
       refreshWatch
     }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import type { Cluster, ClusterEvents } from '../cluster.js'
-import { firstIdAt } from '../ids.js'
+import { compareIds, firstIdAt, idTime } from '../ids.js'
 import { decodeMessageFrame, type EncodedMessage } from '../protocol.js'
 
 /*
@@ -14,8 +14,10 @@ import { decodeMessageFrame, type EncodedMessage } from '../protocol.js'
  *   cluster:bus:<n>            message frames for node n, newline-separated (JSON has no raw newline)
  *   cluster:events             presence changes "p:<user>:<1|0>" and ended sessions "r:<user>:<session>"
  * Each node heartbeats its entry in cluster:nodes; any node reaps entries
- * past their time, taking their users offline. Every key expires unless a
- * live node keeps it, so a cluster that died whole leaves nothing for long.
+ * past their time, taking their users offline, and each heartbeat checks
+ * that Redis still holds this node's users as the node knows them. Node-level
+ * keys expire unless a live node renews them; what a cluster that died whole
+ * leaves is cleared by the first node to start again.
  * Keys are built inside the scripts: a single Redis, not Redis Cluster.
  */
 
@@ -37,7 +39,6 @@ for i = 5, #ARGV, 2 do
   if op == 'j' then
     if redis.call('SADD', nodeUsers, user) == 1 then
       redis.call('SADD', userNodes, node)
-      redis.call('PEXPIRE', userNodes, keep)
       if redis.call('SCARD', userNodes) == 1 then
         redis.call('ZADD', online, user, user)
         events[#events + 1] = 'p:' .. user .. ':1'
@@ -102,13 +103,49 @@ end
 redis.call('ZADD', nodes, now + ttl, node)
 redis.call('PEXPIRE', nodes, keep)
 local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
-for _, user in ipairs(redis.call('SMEMBERS', nodeUsers)) do
-  redis.call('PEXPIRE', prefix .. 'cluster:user:' .. user .. ':nodes', keep)
-end
 redis.call('PEXPIRE', nodeUsers, keep)
 redis.call('PEXPIRE', prefix .. 'cluster:online', keep)
 if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
-return { known and 1 or 0, redis.call('ZCARD', nodes) }
+return { known and 1 or 0, redis.call('ZCARD', nodes), redis.call('SCARD', nodeUsers) }
+`
+
+/**
+ * Makes Redis hold exactly the users staged in cluster:node:<n>:sync as this
+ * node's (ARGV prefix, node, keepMs, ttlMs): the missing join, the extra
+ * leave. Returns how many were missing (their messages were not routed here).
+ */
+const SYNC = `
+local prefix, node, keep, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
+local staged = prefix .. 'cluster:node:' .. node .. ':sync'
+local online = prefix .. 'cluster:online'
+local events = {}
+local missing = 0
+for _, user in ipairs(redis.call('SMEMBERS', nodeUsers)) do
+  if redis.call('SISMEMBER', staged, user) == 0 then
+    redis.call('SREM', nodeUsers, user)
+    local userNodes = prefix .. 'cluster:user:' .. user .. ':nodes'
+    redis.call('SREM', userNodes, node)
+    if redis.call('SCARD', userNodes) == 0 then
+      redis.call('ZREM', online, user)
+      events[#events + 1] = 'p:' .. user .. ':0'
+    end
+  end
+end
+for _, user in ipairs(redis.call('SMEMBERS', staged)) do
+  if redis.call('SADD', nodeUsers, user) == 1 then missing = missing + 1 end
+  redis.call('SADD', prefix .. 'cluster:user:' .. user .. ':nodes', node)
+  if redis.call('ZADD', online, 'NX', user, user) == 1 then events[#events + 1] = 'p:' .. user .. ':1' end
+end
+redis.call('DEL', staged)
+redis.call('ZADD', prefix .. 'cluster:nodes', now + ttl, node)
+redis.call('PEXPIRE', prefix .. 'cluster:nodes', keep)
+redis.call('PEXPIRE', nodeUsers, keep)
+redis.call('PEXPIRE', online, keep)
+if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
+return missing
 `
 
 /**
@@ -190,6 +227,29 @@ export interface RedisClusterOptions {
  */
 export const GAP_SLACK_MS = 5000
 
+/** Users or messages per script call: Redis takes any number, but spreading them into arguments must not overflow the stack. */
+const CHUNK = 1000
+/** How long shutdown waits for Redis to take this node out before it gives up (Redis down). */
+const CLOSE_TIMEOUT_MS = 2000
+
+function chunks<T> (items: readonly T[], size: number): T[][] {
+  const result: T[][] = []
+  for (let start = 0; start < items.length; start += size) result.push(items.slice(start, start + size))
+  return result
+}
+
+async function withTimeout<T> (work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([work, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** Presence and message routing between nodes through Redis; resolves once subscribed and registered. */
 export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, ttlMs, observer, onError }: RedisClusterOptions): Promise<Cluster> {
   const node = String(nodeId)
@@ -204,15 +264,18 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
   const closeScript = luaScript(redis, CLOSE)
 
   let events: ClusterEvents | undefined
-  /** Users with a connection here, as this node knows them (re-registered if Redis forgot them). */
+  /** Users with a connection here, as this node knows them: Redis is made to agree. */
   const localUsers = new Set<number>()
   let liveNodes = 1
   let closed = false
 
-  // Joins and leaves of one tick go in one script call, in order (connect storms, mass disconnects).
+  // --- Presence: joins and leaves of one tick go in one script call, in order (connect storms, mass disconnects).
   let presenceOps: ScriptArgument[] = []
   let presenceWaiters: Array<{ resolve: () => void, reject: (error: unknown) => void }> = []
   let presenceFlush: Promise<void> | null = null
+  /** Presence ops queued so far, and those not settled yet: a heartbeat compares counts only when none ran meanwhile. */
+  let presenceIssued = 0
+  let presencePending = 0
 
   function flushPresence (): Promise<void> {
     presenceFlush ??= new Promise<void>((resolve) => setImmediate(resolve)).then(async () => {
@@ -222,13 +285,17 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
       presenceWaiters = []
       presenceFlush = null
       try {
-        const known = await presenceScript(prefix, node, keepMs, ttlMs, ...ops)
+        const answers = await Promise.all(chunks(ops, 2 * CHUNK).map((part) => presenceScript(prefix, node, keepMs, ttlMs, ...part)))
         for (const waiter of waiters) waiter.resolve()
         // Reaped (or forgotten) since the last heartbeat, and this call registered the node again:
         // the heartbeat would not notice, so the users it had go back in now.
-        if (known === 0) reregister().catch((error: unknown) => onError(error, 'registering this node again failed'))
+        if (answers.includes(0)) needsSync({ routingLost: true })
       } catch (error) {
         for (const waiter of waiters) waiter.reject(error)
+        // Redis may or may not have applied them: the next heartbeat makes it agree.
+        needsSync({ routingLost: ops.includes('j') })
+      } finally {
+        presencePending -= waiters.length
       }
     })
     return presenceFlush
@@ -236,34 +303,52 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
 
   function queuePresence (op: 'j' | 'l', userId: number): Promise<void> {
     presenceOps.push(op, userId)
+    presenceIssued++
+    presencePending++
     const done = new Promise<void>((resolve, reject) => presenceWaiters.push({ resolve, reject }))
     flushPresence().catch(() => {})
     return done
   }
 
-  // Messages routed in one tick go in one script call.
+  // --- Outgoing messages: those routed in one tick go in one script call.
   let outgoing: ScriptArgument[] = []
+  let outgoingIds: string[] = []
   let outgoingScheduled = false
+  /** The oldest message whose routing failed for good, announced once Redis answers again. */
+  let unroutedFrom: string | null = null
+  /** Ended sessions whose announcement failed, announced again at the next heartbeat. */
+  let unannounced: string[] = []
 
   function flushOutgoing (): void {
     outgoingScheduled = false
+    if (outgoing.length === 0) return
     const batch = outgoing
+    const ids = outgoingIds
     outgoing = []
-    routeScript(prefix, node, ...batch)
-      .then(() => observer?.published(batch.length / 3))
-      .catch((error: unknown) => {
-        // ioredis resends commands cut off by a reconnect; this one failed for good.
-        observer?.error()
-        onError(error, 'routing messages to other nodes failed')
-      })
+    outgoingIds = []
+    for (const part of chunks(batch, 3 * CHUNK)) {
+      routeScript(prefix, node, ...part)
+        .then(() => observer?.published(part.length / 3))
+        .catch((error: unknown) => {
+          // ioredis resends commands cut off by a reconnect; these failed for good.
+          observer?.error()
+          onError(error, 'routing messages to other nodes failed; every node will resync once Redis answers')
+          for (const id of ids) if (unroutedFrom === null || compareIds(id, unroutedFrom) < 0) unroutedFrom = id
+        })
+    }
   }
 
-  // The subscriber: how fresh it is known to be, and whether it is up.
+  // --- The gap: while messages meant for this node may be getting lost, its sockets are paused.
   let busUp = true
+  /** When the subscriber last proved to work (a message or a PING answer). */
   let lastHealthyAt = Date.now()
-  /** While messages for this node may be getting lost: since when (ms); null when none are. */
+  /** When Redis last confirmed this node's users: routing here may have stopped after that. */
+  let lastRegisteredAt = Date.now()
+  /** Since when (ms) messages for this node may be lost; null when none are. */
   let gapStartedAt: number | null = null
-  let reregistering = false
+  let syncNeeded = false
+  let routingLost = false
+  let syncing = false
 
   function gapFrom (): string {
     return firstIdAt((gapStartedAt ?? lastHealthyAt) - GAP_SLACK_MS)
@@ -277,10 +362,38 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
 
   /** Every cause of the gap is over: the chat resyncs from its start. */
   function restore (): void {
-    if (gapStartedAt === null || !busUp || reregistering || closed) return
+    if (gapStartedAt === null || !busUp || routingLost || syncing || closed) return
     const from = gapFrom()
     gapStartedAt = null
     events?.restored(from)
+  }
+
+  function needsSync ({ routingLost: lost }: { routingLost: boolean }): void {
+    syncNeeded = true
+    if (lost && !routingLost && localUsers.size > 0) {
+      routingLost = true
+      interrupt(lastRegisteredAt)
+    }
+  }
+
+  /** Makes Redis hold exactly this node's users (staged, then swapped in by one script). */
+  async function sync (): Promise<void> {
+    if (syncing || closed) return
+    syncing = true
+    try {
+      const staged = `${prefix}cluster:node:${node}:sync`
+      const transaction = redis.multi().del(staged)
+      for (const part of chunks([...localUsers], CHUNK)) transaction.sadd(staged, ...part)
+      transaction.eval(SYNC, 0, prefix, node, keepMs, ttlMs)
+      const results = await transaction.exec()
+      const failed = results?.find(([error]) => error !== null)
+      if (results === null || failed !== undefined) throw failed?.[0] ?? new Error('the sync transaction was aborted')
+      syncNeeded = false
+      routingLost = false
+      lastRegisteredAt = Date.now()
+    } finally {
+      syncing = false
+    }
   }
 
   function busLost (): void {
@@ -290,23 +403,33 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     interrupt(lastHealthyAt)
   }
 
-  /** The subscriber is back: once its subscriptions are confirmed (a PING answers after them), resync. */
+  /**
+   * The subscriber is back. Once its subscriptions are confirmed (a PING
+   * answers after them) and Redis still holds this node's users (it may have
+   * restarted), the chat resyncs.
+   */
   function busBack (): void {
     if (busUp || closed) return
-    subscriber.ping().then(() => {
+    subscriber.ping().then(async () => {
       if (busUp || closed) return
       busUp = true
       lastHealthyAt = Date.now()
       observer?.state(true)
-      restore()
-    }, (error: unknown) => onError(error, 'the subscriber did not answer after reconnecting'))
+      await heartbeat()
+    }).catch((error: unknown) => onError(error, 'checking the cluster after the subscriber came back failed'))
   }
 
   function handleEvent (line: string): void {
     const [kind, user, detail] = line.split(':', 3)
-    const userId = Number(user)
-    if (kind === 'p') events?.presence(userId, detail === '1')
-    else if (kind === 'r' && detail !== undefined) events?.sessionRevoked(userId, detail)
+    if (kind === 'p') {
+      events?.presence(Number(user), detail === '1')
+    } else if (kind === 'r' && detail !== undefined) {
+      events?.sessionRevoked(Number(user), detail)
+    } else if (kind === 'g' && user !== undefined) {
+      // A node could not route messages from this id on: every node replays them from the store.
+      interrupt(idTime(user))
+      restore()
+    }
   }
 
   subscriber.on('message', (channel: string, payload: string) => {
@@ -337,32 +460,35 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     onError(error, 'the bus subscriber failed')
   })
 
-  /** When Redis last confirmed this node's registration: routing here may have stopped after that. */
-  let lastRegisteredAt = Date.now()
-
-  async function heartbeat (): Promise<void> {
-    const [known, nodes] = await heartbeatScript(prefix, node, keepMs, ttlMs) as [number, number]
-    liveNodes = nodes
-    if (known === 1 || localUsers.size === 0 || closed) {
-      lastRegisteredAt = Date.now()
-      return
-    }
-    await reregister()
-  }
-
   /**
-   * Redis lost this node (restarted, or reaped it after a long stall) and routed nothing here
-   * meanwhile: register its users again, then resync (once the subscriber is up, too).
+   * Renews this node, reaps dead ones, and checks that Redis holds this
+   * node's users: all of them (after a restart or a reap it holds none) and
+   * no others (after a leave that failed). Then announces what failed to go
+   * out meanwhile, and ends a gap whose causes are over.
    */
-  async function reregister (): Promise<void> {
-    if (localUsers.size === 0 || closed || reregistering) return
-    interrupt(lastRegisteredAt)
-    reregistering = true
-    try {
-      await Promise.all([...localUsers].map((userId) => queuePresence('j', userId)))
-      lastRegisteredAt = Date.now()
-    } finally {
-      reregistering = false
+  async function heartbeat (): Promise<void> {
+    const issued = presenceIssued
+    const expected = localUsers.size
+    const [known, nodes, registered] = await heartbeatScript(prefix, node, keepMs, ttlMs) as [number, number, number]
+    liveNodes = nodes
+    // Counts only compare when no join or leave ran meanwhile.
+    const settled = presencePending === 0 && issued === presenceIssued
+    if (expected > 0 && (known === 0 || (settled && registered < expected))) needsSync({ routingLost: true })
+    else if (settled && registered > expected) needsSync({ routingLost: false })
+    else if (!syncNeeded) lastRegisteredAt = Date.now()
+    if (syncNeeded) await sync()
+    if (unroutedFrom !== null) {
+      const from = unroutedFrom
+      unroutedFrom = null
+      unannounced.push(`g:${from}`)
+    }
+    if (unannounced.length > 0) {
+      const lines = unannounced
+      unannounced = []
+      await redis.publish(eventsChannel, lines.join('\n')).catch((error: unknown) => {
+        unannounced.push(...lines)
+        throw error
+      })
     }
     restore()
   }
@@ -370,10 +496,14 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
   /** Pings the subscriber so a silently dead connection is noticed, not just a closed one. */
   async function checkSubscriber (): Promise<void> {
     if (!busUp) return
-    let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), heartbeatMs) })
-    const answer = await Promise.race([subscriber.ping().then(() => 'pong' as const), timeout]).finally(() => clearTimeout(timer))
-    if (answer === 'pong') {
+    let answered: boolean
+    try {
+      await withTimeout(subscriber.ping(), heartbeatMs, 'subscriber PING')
+      answered = true
+    } catch {
+      answered = false
+    }
+    if (answered) {
       lastHealthyAt = Date.now()
       return
     }
@@ -382,6 +512,19 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     subscriber.disconnect(true)
   }
 
+  // A node that held this id before and died may have left users behind under it.
+  await closeScript(prefix, node)
+  // A cluster that died whole left every key behind: with no live node, clear them.
+  if (await redis.zcount(`${prefix}cluster:nodes`, Date.now(), '+inf') === 0) {
+    const stale: string[] = []
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}cluster:*`, 'COUNT', 1000)
+      stale.push(...keys)
+      cursor = next
+    } while (cursor !== '0')
+    for (const part of chunks(stale, CHUNK)) await redis.unlink(...part)
+  }
   await subscriber.subscribe(busChannel, eventsChannel)
   await heartbeat()
   const beating = setInterval(() => {
@@ -407,11 +550,12 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
 
     leave (userId) {
       localUsers.delete(userId)
-      queuePresence('l', userId).catch((error: unknown) => onError(error, 'leaving the online list failed'))
+      queuePresence('l', userId).catch((error: unknown) => onError(error, 'leaving the online list failed; the next heartbeat retries'))
     },
 
     publish (message) {
       outgoing.push(message.to, message.from, message.json)
+      outgoingIds.push(message.id)
       if (outgoingScheduled) return
       outgoingScheduled = true
       setImmediate(flushOutgoing)
@@ -420,8 +564,11 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     revokeSession (userId, sessionId) {
       // At once here, whatever the bus does; every node (this one too, harmlessly) hears it.
       events?.sessionRevoked(userId, sessionId)
-      redis.publish(eventsChannel, `r:${userId}:${sessionId}`)
-        .catch((error: unknown) => onError(error, 'announcing an ended session failed'))
+      const line = `r:${userId}:${sessionId}`
+      redis.publish(eventsChannel, line).catch((error: unknown) => {
+        unannounced.push(line)
+        onError(error, 'announcing an ended session failed; the next heartbeat retries')
+      })
     },
 
     async isOnline (userId) {
@@ -447,6 +594,7 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
 
     async check () {
       if (!busUp) throw new Error('the bus subscriber is disconnected')
+      if (gapStartedAt !== null) throw new Error('messages from other nodes are paused until this node has resynced')
       await redis.ping()
     },
 
@@ -454,12 +602,15 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
       if (closed) return
       closed = true
       clearInterval(beating)
-      if (outgoingScheduled) flushOutgoing()
-      await presenceFlush
-      await closeScript(prefix, node)
-      localUsers.clear()
+      flushOutgoing()
       subscriber.removeAllListeners('close')
-      await subscriber.quit().catch(() => subscriber.disconnect())
+      try {
+        await presenceFlush
+        await withTimeout(closeScript(prefix, node), CLOSE_TIMEOUT_MS, 'leaving the cluster')
+      } finally {
+        localUsers.clear()
+        await withTimeout(subscriber.quit(), CLOSE_TIMEOUT_MS, 'closing the subscriber').catch(() => subscriber.disconnect())
+      }
     }
   }
 }

@@ -29,3 +29,15 @@ test('each node on one Redis leases its own node id, and gives it back when it c
   for (const app of nodes) await app.close()
   t.strictSame(await redis.keys(`${prefix}node:*`), [], 'closing leaves no lease behind')
 })
+
+test('Redis without MySQL is refused: nodes would each keep their own users under the same ids', async (t) => {
+  const backends = realBackends()
+  if ('skip' in backends) return t.plan(0, backends.skip)
+  const options = await realBackendOptions(t, backends)
+  const app = Fastify(serverOptions({ logLevel: 'silent', trustProxy: false }))
+  t.teardown(() => app.close())
+  await t.rejects(async () => {
+    await app.register(fp(switchboard), { ...TEST_SETTINGS, redisUrl: options.redisUrl, redisKeyPrefix: options.redisKeyPrefix })
+    await app.ready()
+  }, { name: 'ConfigError', message: /MYSQL_URL .* is required when Redis is configured/ })
+})

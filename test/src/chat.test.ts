@@ -5,7 +5,7 @@ import { createBatcher } from '../../src/batcher.js'
 import { createChat, type ChatDependencies, type ChatObserver, type Socket } from '../../src/chat.js'
 import { createLocalCluster, type Cluster, type ClusterEvents } from '../../src/cluster.js'
 import { createConnectionRegistry } from '../../src/connections.js'
-import { createIdGenerator, firstIdAt, idTime } from '../../src/ids.js'
+import { compareIds, createIdGenerator, firstIdAt, idTime } from '../../src/ids.js'
 import { encodeMessage, type EncodedMessage, type OutputFormat } from '../../src/protocol.js'
 import type { PublicUser } from '../../src/schemas.js'
 import {
@@ -1255,4 +1255,75 @@ test('on one node a catch-up starts exactly after the cursor', async (t) => {
   const bob = connect(2, { since: early.stored.id })
   await idle()
   t.strictSame(textsOf(bob.socket), ['later'])
+})
+
+test('after a bus outage watchers are told what changed meanwhile, and a change during that question is not undone', async (t) => {
+  const steered = steeredCluster()
+  const answers: boolean[][] = []
+  const states = holdCalls<readonly number[], boolean[]>()
+  steered.cluster.onlineStates = async (userIds) => answers.length > 0 ? answers.shift() as boolean[] : await states.fn(userIds)
+  const { connect, idle } = setup(t, { cluster: steered.cluster })
+  const alice = connect(1)
+  alice.send({ type: 'watch', users: [2, 3] })
+  ;(await states.call(0)).resolve([false, false])
+  await idle()
+
+  steered.events.interrupted(firstIdAt(Date.now() - 5000))
+  steered.events.restored(firstIdAt(Date.now() - 5000))
+  const asked = await states.call(1)
+  // User 3 came online while the outage ended (missed on the bus); user 2 comes and goes during the question.
+  steered.events.presence(2, true)
+  steered.events.presence(2, false)
+  steered.events.presence(2, true)
+  asked.resolve([false, true])
+  await idle()
+  t.strictSame(frames(alice.socket), [
+    { type: 'presence', userId: 2, online: false },
+    { type: 'presence', userId: 3, online: false },
+    { type: 'presence', userId: 2, online: true },
+    { type: 'presence', userId: 2, online: false },
+    { type: 'presence', userId: 2, online: true },
+    { type: 'presence', userId: 3, online: true }
+  ], 'the older answer for user 2 is not sent after the newer events')
+})
+
+test('a second outage during a resync keeps the cursor ceiling until the last resync has ended', async (t) => {
+  const steered = steeredCluster()
+  const store = createMemoryMessageStore()
+  const reads = holdCalls<SinceQuery, StoredMessage[]>()
+  const held = new Set<number>()
+  const { connect, idle, message } = setup(t, {
+    cluster: steered.cluster,
+    store,
+    messages: storeView(store, { since: (query) => held.has(query.userId) ? reads.fn(query) : store.since(query) })
+  })
+  connect(1)
+  connect(2)
+  await idle()
+  const firstGap = firstIdAt(Date.now() - 5000)
+  steered.events.interrupted(firstGap)
+  held.add(2)
+  steered.events.restored(firstGap)
+  const bobRead = await reads.call(0)
+  // Carol comes online after the first outage; a second one pauses her, and her resync is slow.
+  const carol = connect(3)
+  await idle()
+  const secondGap = firstIdAt(Date.now() - 1000)
+  steered.events.interrupted(secondGap)
+  held.add(3)
+  steered.events.restored(secondGap)
+  const carolRead = await reads.call(1)
+  t.equal(carolRead.args.userId, 3)
+
+  // Bob's resync (both rounds) ends; carol's does not, yet.
+  held.delete(2)
+  bobRead.resolve(await store.since(bobRead.args))
+  await idle()
+  // Carol's own message is her newest id, but she has not been sent what the second outage hid.
+  await message(carol, 1, 'sent while her resync reads')
+  carol.disconnect()
+  await idle()
+  const cursor = await store.seenThrough(3)
+  t.ok(cursor !== null && compareIds(cursor, secondGap) <= 0, `carol's cursor (${String(cursor)}) stays at or before the gap`)
+  carolRead.resolve([])
 })
