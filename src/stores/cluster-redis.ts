@@ -21,92 +21,93 @@ import { decodeMessageFrame, type EncodedMessage } from '../protocol.js'
  * Keys are built inside the scripts: a single Redis, not Redis Cluster.
  */
 
+/** Shared by the scripts below: time from Redis's clock, and the presence bookkeeping of one user. */
+const HELPERS = `
+local function now ()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+local function userJoined (prefix, node, user, events)
+  redis.call('SADD', prefix .. 'cluster:user:' .. user .. ':nodes', node)
+  if redis.call('ZADD', prefix .. 'cluster:online', 'NX', user, user) == 1 then
+    events[#events + 1] = 'p:' .. user .. ':1'
+  end
+end
+-- Offline once the user's last node is gone.
+local function userLeft (prefix, node, user, events)
+  local userNodes = prefix .. 'cluster:user:' .. user .. ':nodes'
+  redis.call('SREM', userNodes, node)
+  if redis.call('SCARD', userNodes) == 0 then
+    redis.call('ZREM', prefix .. 'cluster:online', user)
+    events[#events + 1] = 'p:' .. user .. ':0'
+  end
+end
+-- Takes every user of a node offline and forgets the node (clean shutdown, or reaping a dead one).
+local function leaveNode (prefix, node, events)
+  local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
+  for _, user in ipairs(redis.call('SMEMBERS', nodeUsers)) do userLeft(prefix, node, user, events) end
+  redis.call('DEL', nodeUsers)
+  redis.call('ZREM', prefix .. 'cluster:nodes', node)
+end
+-- Marks the node alive for another ttl ms, and keeps the node-level keys.
+local function renew (prefix, node, keep, ttl)
+  redis.call('ZADD', prefix .. 'cluster:nodes', now() + ttl, node)
+  redis.call('PEXPIRE', prefix .. 'cluster:nodes', keep)
+  redis.call('PEXPIRE', prefix .. 'cluster:node:' .. node .. ':users', keep)
+  redis.call('PEXPIRE', prefix .. 'cluster:online', keep)
+end
+local function announce (prefix, events)
+  if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
+end
+local prefix, node = ARGV[1], ARGV[2]
+`
+
 /**
  * Applies joins and leaves in order: ARGV prefix, node, keepMs, ttlMs, then op ('j'|'l') and user pairs.
  * Returns 0 if the node was not registered (reaped or forgotten), else 1.
  */
-const PRESENCE = `
-local prefix, node, keep, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+const PRESENCE = HELPERS + `
+local keep, ttl = ARGV[3], tonumber(ARGV[4])
 local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
-local online = prefix .. 'cluster:online'
 local known = redis.call('ZSCORE', prefix .. 'cluster:nodes', node)
 local events = {}
 for i = 5, #ARGV, 2 do
   local op, user = ARGV[i], ARGV[i + 1]
-  local userNodes = prefix .. 'cluster:user:' .. user .. ':nodes'
   if op == 'j' then
-    if redis.call('SADD', nodeUsers, user) == 1 then
-      redis.call('SADD', userNodes, node)
-      if redis.call('SCARD', userNodes) == 1 then
-        redis.call('ZADD', online, user, user)
-        events[#events + 1] = 'p:' .. user .. ':1'
-      end
-    end
+    if redis.call('SADD', nodeUsers, user) == 1 then userJoined(prefix, node, user, events) end
   elseif redis.call('SREM', nodeUsers, user) == 1 then
-    redis.call('SREM', userNodes, node)
-    if redis.call('SCARD', userNodes) == 0 then
-      redis.call('ZREM', online, user)
-      events[#events + 1] = 'p:' .. user .. ':0'
-    end
+    userLeft(prefix, node, user, events)
   end
 end
-if redis.call('EXISTS', nodeUsers) == 1 then
-  redis.call('ZADD', prefix .. 'cluster:nodes', now + ttl, node)
-  redis.call('PEXPIRE', prefix .. 'cluster:nodes', keep)
-  redis.call('PEXPIRE', nodeUsers, keep)
-  redis.call('PEXPIRE', online, keep)
-end
-if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
+-- (A node that has no users left stays registered through its heartbeat.)
+if redis.call('EXISTS', nodeUsers) == 1 then renew(prefix, node, keep, ttl) end
+announce(prefix, events)
 return known and 1 or 0
 `
 
-/** Takes every user of node ARGV[2] offline and forgets the node (clean shutdown, or reaping a dead one). */
-const LEAVE_NODE = `
-local function leaveNode (prefix, node, events)
-  local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
-  for _, user in ipairs(redis.call('SMEMBERS', nodeUsers)) do
-    local userNodes = prefix .. 'cluster:user:' .. user .. ':nodes'
-    redis.call('SREM', userNodes, node)
-    if redis.call('SCARD', userNodes) == 0 then
-      redis.call('ZREM', prefix .. 'cluster:online', user)
-      events[#events + 1] = 'p:' .. user .. ':0'
-    end
-  end
-  redis.call('DEL', nodeUsers)
-  redis.call('ZREM', prefix .. 'cluster:nodes', node)
-end
-`
-
-const CLOSE = LEAVE_NODE + `
+/** Takes this node (ARGV prefix, node) out of the cluster: clean shutdown, or a dead holder's leftovers. */
+const CLOSE = HELPERS + `
 local events = {}
-leaveNode(ARGV[1], ARGV[2], events)
-if #events > 0 then redis.call('PUBLISH', ARGV[1] .. 'cluster:events', table.concat(events, '\\n')) end
+leaveNode(prefix, node, events)
+announce(prefix, events)
 return #events
 `
 
 /**
  * Renews this node (ARGV prefix, node, keepMs, ttlMs), reaps dead ones.
- * Returns {1 if this node was still registered, live nodes}.
+ * Returns {1 if this node was still registered, live nodes, users Redis holds for this node}.
  */
-const HEARTBEAT = LEAVE_NODE + `
-local prefix, node, keep, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+const HEARTBEAT = HELPERS + `
+local keep, ttl = ARGV[3], tonumber(ARGV[4])
 local nodes = prefix .. 'cluster:nodes'
 local known = redis.call('ZSCORE', nodes, node)
 local events = {}
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. now)) do
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. now())) do
   if dead ~= node then leaveNode(prefix, dead, events) end
 end
-redis.call('ZADD', nodes, now + ttl, node)
-redis.call('PEXPIRE', nodes, keep)
-local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
-redis.call('PEXPIRE', nodeUsers, keep)
-redis.call('PEXPIRE', prefix .. 'cluster:online', keep)
-if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
-return { known and 1 or 0, redis.call('ZCARD', nodes), redis.call('SCARD', nodeUsers) }
+renew(prefix, node, keep, ttl)
+announce(prefix, events)
+return { known and 1 or 0, redis.call('ZCARD', nodes), redis.call('SCARD', prefix .. 'cluster:node:' .. node .. ':users') }
 `
 
 /**
@@ -114,37 +115,25 @@ return { known and 1 or 0, redis.call('ZCARD', nodes), redis.call('SCARD', nodeU
  * node's (ARGV prefix, node, keepMs, ttlMs): the missing join, the extra
  * leave. Returns how many were missing (their messages were not routed here).
  */
-const SYNC = `
-local prefix, node, keep, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+const SYNC = HELPERS + `
+local keep, ttl = ARGV[3], tonumber(ARGV[4])
 local nodeUsers = prefix .. 'cluster:node:' .. node .. ':users'
 local staged = prefix .. 'cluster:node:' .. node .. ':sync'
-local online = prefix .. 'cluster:online'
 local events = {}
 local missing = 0
 for _, user in ipairs(redis.call('SMEMBERS', nodeUsers)) do
   if redis.call('SISMEMBER', staged, user) == 0 then
     redis.call('SREM', nodeUsers, user)
-    local userNodes = prefix .. 'cluster:user:' .. user .. ':nodes'
-    redis.call('SREM', userNodes, node)
-    if redis.call('SCARD', userNodes) == 0 then
-      redis.call('ZREM', online, user)
-      events[#events + 1] = 'p:' .. user .. ':0'
-    end
+    userLeft(prefix, node, user, events)
   end
 end
 for _, user in ipairs(redis.call('SMEMBERS', staged)) do
   if redis.call('SADD', nodeUsers, user) == 1 then missing = missing + 1 end
-  redis.call('SADD', prefix .. 'cluster:user:' .. user .. ':nodes', node)
-  if redis.call('ZADD', online, 'NX', user, user) == 1 then events[#events + 1] = 'p:' .. user .. ':1' end
+  userJoined(prefix, node, user, events)
 end
 redis.call('DEL', staged)
-redis.call('ZADD', prefix .. 'cluster:nodes', now + ttl, node)
-redis.call('PEXPIRE', prefix .. 'cluster:nodes', keep)
-redis.call('PEXPIRE', nodeUsers, keep)
-redis.call('PEXPIRE', online, keep)
-if #events > 0 then redis.call('PUBLISH', prefix .. 'cluster:events', table.concat(events, '\\n')) end
+renew(prefix, node, keep, ttl)
+announce(prefix, events)
 return missing
 `
 
@@ -231,6 +220,11 @@ export const GAP_SLACK_MS = 5000
 const CHUNK = 1000
 /** How long shutdown waits for Redis to take this node out before it gives up (Redis down). */
 const CLOSE_TIMEOUT_MS = 2000
+
+/** The prefix as a literal in a SCAN pattern: its own glob characters must not match other keys. */
+function globEscape (text: string): string {
+  return text.replace(/[*?[\]\\]/g, '\\$&')
+}
 
 function chunks<T> (items: readonly T[], size: number): T[][] {
   const result: T[][] = []
@@ -515,11 +509,13 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
   // A node that held this id before and died may have left users behind under it.
   await closeScript(prefix, node)
   // A cluster that died whole left every key behind: with no live node, clear them.
-  if (await redis.zcount(`${prefix}cluster:nodes`, Date.now(), '+inf') === 0) {
+  // Redis's clock, as the scores are: this node's may run ahead, and wipe a live cluster.
+  const [seconds, micros] = (await redis.time()).map(Number) as [number, number]
+  if (await redis.zcount(`${prefix}cluster:nodes`, seconds * 1000 + Math.floor(micros / 1000), '+inf') === 0) {
     const stale: string[] = []
     let cursor = '0'
     do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}cluster:*`, 'COUNT', 1000)
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${globEscape(prefix)}cluster:*`, 'COUNT', 1000)
       stale.push(...keys)
       cursor = next
     } while (cursor !== '0')
@@ -544,11 +540,13 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     },
 
     async join (userId) {
+      if (closed) throw new Error('this node has left the cluster')
       localUsers.add(userId)
       await queuePresence('j', userId)
     },
 
     leave (userId) {
+      if (closed) return
       localUsers.delete(userId)
       queuePresence('l', userId).catch((error: unknown) => onError(error, 'leaving the online list failed; the next heartbeat retries'))
     },
@@ -605,8 +603,8 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
       flushOutgoing()
       subscriber.removeAllListeners('close')
       try {
-        await presenceFlush
-        await withTimeout(closeScript(prefix, node), CLOSE_TIMEOUT_MS, 'leaving the cluster')
+        // A join still queued goes out before the node leaves; Redis may answer neither.
+        await withTimeout(Promise.resolve(presenceFlush).then(() => closeScript(prefix, node)), CLOSE_TIMEOUT_MS, 'leaving the cluster')
       } finally {
         localUsers.clear()
         await withTimeout(subscriber.quit(), CLOSE_TIMEOUT_MS, 'closing the subscriber').catch(() => subscriber.disconnect())

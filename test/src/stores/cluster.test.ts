@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto'
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { Redis } from 'ioredis'
+import { Redis, type ChainableCommander } from 'ioredis'
 import { test, type Test } from 'tap'
 import { createLocalCluster, type Cluster } from '../../../src/cluster.js'
-import { compareIds, firstIdAt } from '../../../src/ids.js'
+import { compareIds, createIdGenerator, firstIdAt } from '../../../src/ids.js'
 import { encodeMessage, type EncodedMessage } from '../../../src/protocol.js'
 import { createRedisCluster } from '../../../src/stores/cluster-redis.js'
 import { freshRedisPrefix, realBackends, scanKeys, until } from '../../helper.js'
@@ -35,10 +36,10 @@ interface TestNode {
 /** Attaches to `cluster` and records what it tells its chat. */
 function observe (cluster: Cluster): TestNode {
   const events: ClusterEvent[] = []
-  const watchers = new Set<() => void>()
+  const watchers = new Set<(event: ClusterEvent) => void>()
   const push = (event: ClusterEvent): void => {
     events.push(event)
-    for (const watcher of [...watchers]) watcher()
+    for (const watcher of [...watchers]) watcher(event)
   }
   cluster.attach({
     message: (message) => push({ type: 'message', message }),
@@ -58,19 +59,21 @@ function observe (cluster: Cluster): TestNode {
     events,
     seen: (type, match = () => true) => events.filter((event): event is EventOf<typeof type> => event.type === type && match(event as EventOf<typeof type>)),
     waitFor: (type, match = () => true, timeoutMs = EVENT_WAIT_MS) => new Promise((resolve, reject) => {
+      const [found] = node.seen(type, match)
+      if (found !== undefined) return resolve(found)
       const timer = setTimeout(() => {
         watchers.delete(check)
-        reject(new Error(`no matching "${type}" event within ${timeoutMs} ms (events: ${JSON.stringify(events)})`))
+        // The last ones only: a test may have heard tens of thousands.
+        reject(new Error(`no matching "${type}" event within ${timeoutMs} ms (last events: ${JSON.stringify(events.slice(-50))})`))
       }, timeoutMs)
-      function check (): void {
-        const [found] = node.seen(type, match)
-        if (found === undefined) return
+      // Only the new event is looked at: rescanning them all for each would take quadratic time.
+      function check (event: ClusterEvent): void {
+        if (event.type !== type || !match(event as EventOf<typeof type>)) return
         clearTimeout(timer)
         watchers.delete(check)
-        resolve(found)
+        resolve(event as EventOf<typeof type>)
       }
       watchers.add(check)
-      check()
     })
   }
   return node
@@ -291,6 +294,70 @@ async function clientId (redis: Redis, name: string): Promise<string | null> {
   return null
 }
 
+/**
+ * Makes the next call of `target[method]` whose arguments `match` fail, as a command cut off
+ * by an outage fails once ioredis gives up on it; nothing reaches Redis. Resolves when it failed.
+ */
+function failOnce<K extends string> (target: Record<K, (...args: never[]) => unknown>, method: K, match: (args: unknown[]) => boolean = () => true): Promise<void> {
+  const original = target[method].bind(target) as (...args: unknown[]) => unknown
+  let armed = true
+  return new Promise((resolve) => {
+    Object.assign(target, {
+      [method]: (...args: unknown[]) => {
+        if (!armed || !match(args)) return original(...args)
+        armed = false
+        resolve()
+        return Promise.reject(new Error(`${method} failed (a simulated outage)`))
+      }
+    })
+  })
+}
+
+/** Makes the EXEC of the next transaction (MULTI) on `redis` fail, as failOnce does. Resolves when it failed. */
+function failNextTransaction (redis: Redis): Promise<void> {
+  const multi = redis.multi.bind(redis) as () => ChainableCommander
+  let armed = true
+  return new Promise((resolve) => {
+    Object.assign(redis, {
+      multi: () => {
+        const transaction = multi()
+        if (armed) {
+          armed = false
+          failOnce(transaction, 'exec').then(resolve, () => {})
+        }
+        return transaction
+      }
+    })
+  })
+}
+
+/**
+ * A TCP relay to Redis that can go silent: its connections stay open but nothing gets
+ * through either way, a network partition that no error reveals.
+ */
+async function silenceableRelay (t: Test, redisUrl: string): Promise<{ url: string, silence: () => void }> {
+  const target = new URL(redisUrl)
+  const sockets = new Set<Socket>()
+  let silent = false
+  const relay = createServer((client) => {
+    const upstream = connect(Number(target.port || 6379), target.hostname)
+    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+      sockets.add(from)
+      from.on('data', (data) => { if (!silent) to.write(data) })
+      from.on('close', () => to.destroy())
+      from.on('error', () => {})
+    }
+  })
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy()
+    relay.close()
+  })
+  const url = new URL(redisUrl)
+  url.host = `127.0.0.1:${(relay.address() as AddressInfo).port}`
+  return { url: url.toString(), silence: () => { silent = true } }
+}
+
 test('Redis cluster', async (t) => {
   const backends = realBackends()
   if ('skip' in backends) return t.plan(0, backends.skip)
@@ -449,5 +516,256 @@ test('Redis cluster', async (t) => {
 
     const restored = await subscribed.waitFor('restored')
     t.ok(compareIds(restored.gapFrom, interrupted.gapFrom) <= 0, `restored reaches back as far as interrupted (${restored.gapFrom} <= ${interrupted.gapFrom})`)
+  })
+
+  t.test('a leave that fails for good is repaired by a later heartbeat, without pausing any node', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const ttlMs = 600
+    const leaving = await node({ ttlMs })
+    const other = await node({ ttlMs })
+    await leaving.cluster.join(7)
+    // Still connected: taking the failed leave for a lost join would pause the node.
+    await leaving.cluster.join(8)
+    await other.waitFor('presence', presenceOf(8, true))
+
+    const leaveFailed = failOnce(leaving.redis, 'evalsha', (args) => args.includes('l'))
+    leaving.cluster.leave(7)
+    await leaveFailed
+    await other.waitFor('presence', presenceOf(7, false))
+    t.equal(await other.cluster.isOnline(7), false, 'user 7, connected nowhere, is offline on the other node')
+    t.equal(await other.cluster.isOnline(8), true, 'the user still connected stays online')
+    t.strictSame(await admin.smembers(`${prefix}cluster:node:${leaving.nodeId}:users`), ['8'], 'Redis holds exactly the node\'s users')
+    t.ok(leaving.errors.some(({ context }) => context.startsWith('leaving the online list failed')), 'the failed leave was reported')
+    for (const [name, { seen }] of Object.entries({ leaving, other })) {
+      t.strictSame([...seen('interrupted'), ...seen('restored')], [], `the ${name} node was not paused`)
+    }
+  })
+
+  t.test('a join that fails is retried: interrupted (check() rejects), restored once the user is routable, online again', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const ttlMs = 600
+    const joining = await node({ ttlMs })
+    const other = await node({ ttlMs })
+
+    failOnce(joining.redis, 'evalsha', (args) => args.includes('j')).catch(() => {})
+    await t.rejects(joining.cluster.join(7), /simulated outage/, 'the join itself fails')
+    const interrupted = await joining.waitFor('interrupted')
+    await t.rejects(interrupted.check, /paused/, 'check() rejects while the join is pending')
+    // Asked the moment restored fires, before any later heartbeat could register the user.
+    const { restored, routedTo } = await joining.waitFor('restored').then(async (restored) => ({ restored, routedTo: await admin.smembers(`${prefix}cluster:user:7:nodes`) }))
+    t.strictSame(routedTo, [String(joining.nodeId)], 'user 7 was routable to the node when it resumed')
+    t.ok(joining.events.indexOf(interrupted) < joining.events.indexOf(restored), 'interrupted, then restored')
+    t.ok(compareIds(restored.gapFrom, interrupted.gapFrom) <= 0, `restored reaches back as far as interrupted (${restored.gapFrom} <= ${interrupted.gapFrom})`)
+    await joining.cluster.check()
+    t.pass('check() resolves again')
+
+    await other.waitFor('presence', presenceOf(7, true))
+    t.equal(await other.cluster.isOnline(7), true, 'the other node has user 7 online')
+    const message = chatMessage(8, 7)
+    other.cluster.publish(message)
+    t.strictSame((await joining.waitFor('message', messageWithId(message.id))).message, message, 'and routes messages to them')
+  })
+
+  t.test('registering the users again after Redis forgot them is retried at every heartbeat until it succeeds', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const ttlMs = 600
+    const forgotten = await node({ ttlMs })
+    const other = await node({ ttlMs })
+    await forgotten.cluster.join(7)
+    await other.waitFor('presence', presenceOf(7, true))
+
+    // Asked the moment the first attempt fails, before any later heartbeat could retry.
+    let checkOnceFailed: Promise<void> | undefined
+    failNextTransaction(forgotten.redis).then(() => {
+      checkOnceFailed = forgotten.cluster.check()
+      checkOnceFailed.catch(() => {})
+    }, () => {})
+    await admin.del(...await scanKeys(admin, `${prefix}*`))
+    const interrupted = await forgotten.waitFor('interrupted')
+    const { restored, routedTo } = await forgotten.waitFor('restored').then(async (restored) => ({ restored, routedTo: await admin.smembers(`${prefix}cluster:user:7:nodes`) }))
+    t.ok(checkOnceFailed, 'the first attempt failed')
+    await t.rejects(checkOnceFailed ?? Promise.resolve(), /paused/, 'check() still rejected once it had failed')
+    t.strictSame(routedTo, [String(forgotten.nodeId)], 'user 7 was routable to the node when it resumed')
+    t.ok(compareIds(restored.gapFrom, interrupted.gapFrom) <= 0, `restored reaches back as far as interrupted (${restored.gapFrom} <= ${interrupted.gapFrom})`)
+    t.ok(forgotten.errors.some(({ context }) => context === 'cluster heartbeat failed'), 'the failed attempt was reported')
+    t.equal(await other.cluster.isOnline(7), true, 'user 7 is online again')
+  })
+
+  t.test('a Redis restart (every key gone, the subscriber dropped) is restored only once the node\'s users are routable again', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    // The default TTL spaces heartbeats out: the reconnected subscriber, not a heartbeat, notices first.
+    const restarted = await node()
+    const other = await node()
+    await restarted.cluster.join(7)
+    await other.waitFor('presence', presenceOf(7, true))
+
+    const id = await clientId(admin, restarted.subscriberName)
+    t.ok(id, 'the subscriber is in CLIENT LIST by its name')
+    // At once, as a restart without persistence does: the data and the connections go together.
+    await admin.multi().del(...await scanKeys(admin, `${prefix}*`)).client('KILL', 'ID', id ?? '').exec()
+    const interrupted = await restarted.waitFor('interrupted')
+    await t.rejects(interrupted.check, /disconnected|paused/, 'check() rejects while the node is cut off')
+    const { restored, routedTo } = await restarted.waitFor('restored').then(async (restored) => ({ restored, routedTo: await admin.smembers(`${prefix}cluster:user:7:nodes`) }))
+    t.strictSame(routedTo, [String(restarted.nodeId)], 'user 7 was routable to the node when it resumed')
+    t.ok(compareIds(restored.gapFrom, interrupted.gapFrom) <= 0, `restored reaches back as far as interrupted (${restored.gapFrom} <= ${interrupted.gapFrom})`)
+
+    const message = chatMessage(8, 7)
+    other.cluster.publish(message)
+    t.strictSame((await restarted.waitFor('message', messageWithId(message.id))).message, message, 'a message published after the restore arrives')
+  })
+
+  t.test('70,000 users of a node whose keys Redis lost are all registered again by the next heartbeat', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const big = await node({ ttlMs: 600 })
+    const users = Array.from({ length: 70_000 }, (_, index) => index + 1)
+    // In one tick, so in one presence flush: its arguments would overflow the stack if spread whole.
+    await Promise.all(users.map((userId) => big.cluster.join(userId)))
+    t.equal((await big.cluster.onlineUsers({ after: 0, limit: 1 })).count, users.length, 'all joined')
+
+    // All at once, as a restart loses them (a heartbeat between deletions would see a half-lost node).
+    const keys = await scanKeys(admin, `${prefix}*`)
+    const loss = admin.multi()
+    for (let start = 0; start < keys.length; start += 10_000) loss.unlink(...keys.slice(start, start + 10_000))
+    await loss.exec()
+    const interrupted = await big.waitFor('interrupted', undefined, 30_000)
+    const restored = await big.waitFor('restored', undefined, 30_000)
+    t.ok(compareIds(restored.gapFrom, interrupted.gapFrom) <= 0, 'restored reaches back as far as interrupted')
+    t.equal((await big.cluster.onlineUsers({ after: 0, limit: 1 })).count, users.length, 'all online again')
+    t.equal(await admin.scard(`${prefix}cluster:node:${big.nodeId}:users`), users.length, 'all the node\'s again')
+    for (const userId of [1, 35_000, 70_000]) {
+      t.strictSame(await admin.smembers(`${prefix}cluster:user:${userId}:nodes`), [String(big.nodeId)], `user ${userId} is routable to the node`)
+    }
+    t.strictSame(big.errors, [], 'no error')
+  })
+
+  t.test('messages whose routing failed for good: every node resyncs from at or before the first of them', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const ttlMs = 600
+    const publisher = await node({ ttlMs })
+    const recipientNode = await node({ ttlMs })
+    const [sender, recipient] = [1, 2]
+    await publisher.cluster.join(sender)
+    await recipientNode.cluster.join(recipient)
+
+    const ids = createIdGenerator({ nodeId: publisher.nodeId })
+    const message = (text: string) => encodeMessage({ id: ids.next(), from: sender, to: recipient, text, sentAt: new Date().toISOString() })
+    const lost = message('lost on the way')
+    const routeFailed = failOnce(publisher.redis, 'evalsha', (args) => args.includes(lost.json))
+    publisher.cluster.publish(lost)
+    await routeFailed
+    const interrupted = await recipientNode.waitFor('interrupted')
+    const restored = await recipientNode.waitFor('restored')
+    t.ok(recipientNode.events.indexOf(interrupted) < recipientNode.events.indexOf(restored), 'the other node was interrupted, then restored')
+    t.ok(compareIds(restored.gapFrom, lost.id) <= 0, `it resyncs from at or before the lost message (${restored.gapFrom} <= ${lost.id})`)
+    t.strictSame(recipientNode.seen('message'), [], 'the message itself never came: the resync brings it')
+    await publisher.waitFor('restored')
+    t.pass('the publishing node resyncs too')
+    t.ok(publisher.errors.some(({ context }) => context.startsWith('routing messages to other nodes failed')), 'the failed routing was reported')
+
+    const next = message('after the resync')
+    publisher.cluster.publish(next)
+    t.strictSame((await recipientNode.waitFor('message', messageWithId(next.id))).message, next, 'later messages are routed again')
+  })
+
+  t.test('a session revocation whose announcement failed reaches the other nodes at the next heartbeat', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const ttlMs = 600
+    const revoking = await node({ ttlMs })
+    const other = await node({ ttlMs })
+    const revoked = { type: 'sessionRevoked', userId: 3, sessionId: 'f00dfeed' }
+
+    const publishFailed = failOnce(revoking.redis, 'publish', (args) => args[1] === `r:${revoked.userId}:${revoked.sessionId}`)
+    revoking.cluster.revokeSession(revoked.userId, revoked.sessionId)
+    t.strictSame(revoking.seen('sessionRevoked'), [revoked], 'this node\'s listener hears it at once')
+    await publishFailed
+    t.strictSame(await other.waitFor('sessionRevoked'), revoked, 'the other node hears it once announced again')
+    t.ok(revoking.errors.some(({ context }) => context.startsWith('announcing an ended session failed')), 'the failed announcement was reported')
+  })
+
+  t.test('a node taking over the id of a dead node takes the users it left behind offline as it starts', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    // A long TTL: no live node reaps the dead one meanwhile.
+    const dead = await node({ ttlMs: 60_000 })
+    const live = await node()
+    await dead.cluster.join(1)
+    await dead.cluster.join(2)
+    await live.cluster.join(2)
+    await live.waitFor('presence', presenceOf(1, true))
+    dead.redis.disconnect()
+    dead.subscriber.disconnect()
+
+    const successor = await node({ nodeId: dead.nodeId })
+    t.equal(await successor.cluster.isOnline(1), false, 'the dead node\'s only user is offline')
+    t.equal(await successor.cluster.isOnline(2), true, 'a user also on the live node stays online')
+    t.strictSame(await admin.smembers(`${prefix}cluster:node:${dead.nodeId}:users`), [], 'the id holds no user')
+    await live.waitFor('presence', presenceOf(1, false))
+    t.equal(live.seen('presence', presenceOf(2, false)).length, 0, 'the live node heard only user 1 go offline')
+  })
+
+  t.test('the first node to start after the whole cluster died clears the cluster keys it left under the prefix', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const dead = await node({ ttlMs: 600 })
+    await dead.cluster.join(7)
+    dead.redis.disconnect()
+    dead.subscriber.disconnect()
+    // Long dead: the keys that expire have expired; routing keys, which do not, point to a node that is gone.
+    const leftovers = await scanKeys(admin, `${prefix}*`)
+    for (const key of leftovers) if (await admin.pttl(key) > 0) await admin.del(key)
+    t.ok((await scanKeys(admin, `${prefix}cluster:*`)).length > 0, 'keys are left')
+    const unrelated = `${prefix}not-the-cluster`
+    await admin.set(unrelated, 'kept')
+
+    const first = await node({ ttlMs: 600 })
+    t.strictSame((await scanKeys(admin, `${prefix}*`)).sort(), [`${prefix}cluster:nodes`, unrelated].sort(), 'only the new node\'s entry and keys outside cluster:* remain')
+    t.equal(await first.cluster.isOnline(7), false, 'user 7 is offline')
+  })
+
+  t.test('a node whose clock runs ahead of Redis\'s does not take a live cluster for dead as it starts', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const live = await node()
+    await live.cluster.join(7)
+
+    // Well past the TTL ahead: by this clock the live node's entry has run out.
+    const realNow = Date.now
+    Date.now = () => realNow() + 60_000
+    try {
+      await node()
+    } finally {
+      Date.now = realNow
+    }
+    t.strictSame(await admin.smembers(`${prefix}cluster:user:7:nodes`), [String(live.nodeId)], 'user 7 is still routable to the live node')
+    t.equal(await live.cluster.isOnline(7), true, 'and online')
+  })
+
+  t.test('close() finishes when Redis stops answering, with a join still queued, and closes the subscriber', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const relay = await silenceableRelay(t, redisUrl)
+    const node = redisNodes(t, relay.url, prefix)
+    const cut = await node()
+    await cut.cluster.join(1)
+
+    relay.silence()
+    cut.cluster.join(2).catch(() => {})
+    // A hang fails the test here rather than at tap's timeout; close() gives up well before.
+    let hung = (): void => {}
+    const deadline = setTimeout(() => hung(), 20_000)
+    const outcome = await Promise.race([
+      cut.cluster.close().then(() => 'closed', (error: unknown) => `rejected: ${String(error)}`),
+      new Promise<string>((resolve) => { hung = () => resolve('still closing after 20 s') })
+    ])
+    clearTimeout(deadline)
+    t.match(outcome, /^rejected: .*timed out/, 'close() gives up on Redis and says so')
+    await until('the subscriber is closed', () => cut.subscriber.status === 'end')
+    t.pass('the subscriber is closed')
   })
 })
