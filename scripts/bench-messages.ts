@@ -17,9 +17,10 @@
  * acknowledged message was delivered exactly once.
  * `--scratch-database` creates a database for the run and drops it after;
  * without it the MySQL run is refused, since the benchmark writes rows.
- * With REDIS_URL set, one node uses Redis too (so a one-node run differs from
- * a cluster run only in crossing nodes); `REDIS_URL=` runs it without. Keys go
- * under a fresh prefix, deleted after.
+ * With REDIS_URL set, one node on MySQL uses Redis too (so a one-node run
+ * differs from a cluster run only in crossing nodes); `REDIS_URL=` runs it
+ * without. The memory backend never does: the server takes Redis only with a
+ * database. Keys go under a fresh prefix, deleted after.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -70,7 +71,8 @@ interface Result {
 
 /** Cores busy during the load phase, on average. */
 interface CpuShare {
-  machine: number
+  /** Null where /proc cannot be read. */
+  machine: number | null
   generator: number
   /** Null where /proc cannot be read. */
   servers: number[] | null
@@ -80,6 +82,8 @@ const SERVER = fileURLToPath(new URL('../src/server.js', import.meta.url))
 /** The sender's key and send time, at the start of every text: `<sender index>:<ref> t=<performance.now()> `. */
 const STAMP = /^(\d+:\d+) t=(\d+\.\d+) /
 const TEXT_CHARS = 200
+/** /proc counts CPU time in clock ticks of 10 ms (USER_HZ is 100 on Linux). */
+const TICK_MS = 10
 /** How long deliveries may trail the last ack before the missing ones count as missing. */
 const DELIVERY_WAIT_MS = 5000
 /** After the last expected delivery, how long a duplicate has to show up. */
@@ -213,16 +217,20 @@ function processCpuMs (pid: number | undefined): number | null {
   try {
     // The command name, in parentheses, may hold spaces: count fields after it. utime and stime are fields 14 and 15.
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? []
-    // Clock ticks of 10 ms (USER_HZ is 100 on Linux).
-    return (Number(fields[11]) + Number(fields[12])) * 10
+    return (Number(fields[11]) + Number(fields[12])) * TICK_MS
   } catch {
     return null
   }
 }
 
-/** Busy CPU time of the whole machine, all cores, in ms. */
-function machineBusyMs (): number {
-  return cpus().reduce((sum, { times }) => sum + times.user + times.nice + times.sys + times.irq, 0)
+/** Busy CPU time of the whole machine, all cores, in ms (Linux), or null; softirq counts, where loopback traffic is handled. */
+function machineBusyMs (): number | null {
+  try {
+    const [user, nice, system, , , irq, softirq] = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]?.split(/ +/).slice(1).map(Number) ?? []
+    return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0)) * TICK_MS
+  } catch {
+    return null
+  }
 }
 
 function cpuMeter (children: ChildProcess[]): () => CpuShare {
@@ -235,8 +243,9 @@ function cpuMeter (children: ChildProcess[]): () => CpuShare {
     const { user, system } = process.cpuUsage(generator)
     const now = children.map((child) => processCpuMs(child.pid))
     const readable = servers.every((value) => value !== null) && now.every((value) => value !== null)
+    const machineNow = machineBusyMs()
     return {
-      machine: (machineBusyMs() - machine) / elapsedMs,
+      machine: machine === null || machineNow === null ? null : (machineNow - machine) / elapsedMs,
       generator: (user + system) / 1000 / elapsedMs,
       servers: readable ? now.map((value, index) => ((value as number) - (servers[index] as number)) / elapsedMs) : null
     }
@@ -387,7 +396,7 @@ function scratchPrefix (redisUrl: string): { prefix: string, drop: () => Promise
 }
 
 function backendLabel (backend: 'memory' | 'mysql', { redisUrl }: Options): string {
-  return redisUrl === null ? backend : `${backend} + Redis`
+  return redisUrl === null || backend === 'memory' ? backend : `${backend} + Redis`
 }
 
 async function runBackend (backend: 'memory' | 'mysql', options: Options): Promise<Result> {
@@ -404,7 +413,8 @@ async function runBackend (backend: 'memory' | 'mysql', options: Options): Promi
       env.MYSQL_URL = database.url
       cleanups.push(database.drop)
     }
-    if (options.redisUrl !== null) {
+    // The server takes Redis only with a database: the memory backend runs without it.
+    if (options.redisUrl !== null && backend === 'mysql') {
       const keys = scratchPrefix(options.redisUrl)
       env.REDIS_URL = options.redisUrl
       env.REDIS_KEY_PREFIX = keys.prefix
@@ -444,7 +454,7 @@ async function main (): Promise<void> {
   const options = parseOptions(process.argv.slice(2))
   console.log(`${options.users} users, ${options.window} messages in flight each, ${options.seconds} s, ${TEXT_CHARS}-character messages`)
   const traffic = options.nodes === 1 ? 'one node' : `${options.nodes} nodes, user i on node i % ${options.nodes}, ${options.cross ? 'every recipient on another node than its sender' : 'recipients on any node'}`
-  const redis = options.redisUrl === null ? 'no Redis' : `Redis at ${options.redisUrl} under a fresh key prefix (deleted after)`
+  const redis = options.redisUrl === null ? 'no Redis' : `the mysql run on Redis at ${options.redisUrl} under a fresh key prefix (deleted after)`
   console.log(`${traffic}; ${redis}; ${cpus().length} cores shared by the servers, the databases and this load generator`)
   const results: Result[] = []
   for (const backend of options.backends) results.push(await runBackend(backend, options))
@@ -458,7 +468,7 @@ async function main (): Promise<void> {
   console.log('|---|---|---|---|---|---|---|---|---|')
   for (const { nodes, backend, acked, delivered, max, deliveryMax, cpu } of results) {
     const servers = cpu.servers === null ? 'n/a' : cpu.servers.map(cores).join(' + ')
-    console.log(`| ${nodesCell(nodes)} | ${backend} | ${acked} | ${delivered} | ${ms(max)} | ${ms(deliveryMax)} | ${cores(cpu.machine)} | ${servers} | ${cores(cpu.generator)} |`)
+    console.log(`| ${nodesCell(nodes)} | ${backend} | ${acked} | ${delivered} | ${ms(max)} | ${ms(deliveryMax)} | ${cpu.machine === null ? 'n/a' : cores(cpu.machine)} | ${servers} | ${cores(cpu.generator)} |`)
   }
   const memory = results.find((result) => result.backend.startsWith('memory'))
   const stored = results.find((result) => result.backend.startsWith('mysql'))
