@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto'
 import fp from 'fastify-plugin'
 import { createBatcher } from '../src/batcher.js'
 import { createChat, type Chat } from '../src/chat.js'
-import { createLocalCluster } from '../src/cluster.js'
+import { createLocalCluster, type Cluster } from '../src/cluster.js'
 import { createConnectionRegistry } from '../src/connections.js'
 import { createIdGenerator, MAX_NODE_ID } from '../src/ids.js'
 import { ConfigError, loggable } from '../src/errors.js'
@@ -45,10 +45,16 @@ export default fp(async function poolPlugin (fastify) {
   }
   const lease = redis === null ? null : await leaseNodeId(redis, { prefix: keyPrefix, ttlMs: NODE_ID_LEASE_MS })
   const ids = createIdGenerator({ nodeId: lease?.nodeId ?? randomInt(MAX_NODE_ID + 1) })
+  /** Another node holds this node's id now (after a stall longer than the lease): not fit to serve. */
+  let leaseLost = false
   if (lease !== null) {
     const renewing = setInterval(() => {
       lease.renew()
-        .then((held) => { if (!held) fastify.log.error({ nodeId: lease.nodeId }, 'node id lease lost: message ids may collide with another node\'s') })
+        .then((held) => {
+          if (held) return
+          leaseLost = true
+          fastify.log.error({ nodeId: lease.nodeId }, 'node id lease lost: message ids may collide with another node\'s; /ready fails until this node restarts')
+        })
         .catch((error: unknown) => fastify.log.warn({ err: error }, 'renewing the node id lease failed'))
     }, NODE_ID_LEASE_MS / 3)
     renewing.unref()
@@ -75,7 +81,7 @@ export default fp(async function poolPlugin (fastify) {
 
   const metrics = fastify.switchboardMetrics
   const ttlMs = config.presenceTtl * 1000
-  const cluster = redis === null || lease === null
+  const link = redis === null || lease === null
     ? createLocalCluster()
     : await createRedisCluster({
       redis,
@@ -91,6 +97,13 @@ export default fp(async function poolPlugin (fastify) {
       },
       onError: (error, context) => fastify.log.warn({ err: loggable(error) }, context)
     })
+  const cluster: Cluster = {
+    ...link,
+    check: async () => {
+      if (leaseLost) throw new Error('another node holds this node\'s id')
+      await link.check()
+    }
+  }
 
   const loggedErrors = new WeakSet<object>()
   const registry = createConnectionRegistry()

@@ -139,8 +139,8 @@ export function createChat (dependencies: ChatDependencies) {
    * this may not have reached the user, so no cursor is written past it.
    */
   let cursorCeiling: string | null = null
-  /** Counts resyncs, so that only the latest one, when it ends, lifts the ceiling. */
-  let resyncRound = 0
+  /** Resyncs under way: the ceiling goes once none is left. */
+  let resyncsRunning = 0
 
   function received (userId: number, id: string): void {
     const newest = newestReceived.get(userId)
@@ -215,16 +215,24 @@ export function createChat (dependencies: ChatDependencies) {
     },
     restored (gapFrom) {
       busDown = false
-      const round = ++resyncRound
-      const resyncing = forEachSession(async (session) => {
-        // A logout or presence change announced during the outage was missed.
-        if (!await isSessionLive(session.connection.sessionId)) {
-          session.connection.close(CLOSE_CODES.policy, 'session ended')
-          return
+      resyncsRunning++
+      forEachSession(async (session) => {
+        try {
+          // A logout or presence change announced during the outage was missed.
+          if (!await isSessionLive(session.connection.sessionId)) {
+            session.connection.close(CLOSE_CODES.policy, 'session ended')
+            return
+          }
+          await Promise.all([session.resync(gapFrom), session.refreshWatch()])
+        } catch (error) {
+          // A socket that could not resync would stay paused: the client reconnects and catches up instead.
+          onError(error)
+          session.connection.close(CLOSE_CODES.internalError, 'internal error')
         }
-        await Promise.all([session.resync(gapFrom), session.refreshWatch()])
-      })
-      resyncing.then(() => { if (!busDown && round === resyncRound) cursorCeiling = null }, onError)
+      }).finally(() => {
+        // Only when no resync of any outage is left does the ceiling go.
+        if (--resyncsRunning === 0 && !busDown) cursorCeiling = null
+      }).catch(onError)
     }
   })
 

@@ -175,14 +175,19 @@ return #order
 
 type ScriptArgument = string | number
 
-/** A Lua script run by its SHA, loaded again when Redis has forgotten it (after a restart). */
-function luaScript (redis: Redis, source: string): (...args: ScriptArgument[]) => Promise<unknown> {
+/**
+ * A Lua script run by its SHA, loaded again when Redis has forgotten it
+ * (after a restart). `reloaded` hears of it: a call sent again may now run
+ * after calls sent later.
+ */
+function luaScript (redis: Redis, source: string, reloaded?: () => void): (...args: ScriptArgument[]) => Promise<unknown> {
   const sha = createHash('sha1').update(source).digest('hex')
   return async (...args) => {
     try {
       return await redis.evalsha(sha, 0, ...args)
     } catch (error) {
       if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error
+      reloaded?.()
       return await redis.eval(source, 0, ...args)
     }
   }
@@ -252,7 +257,8 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
   const keepMs = Math.max(ttlMs * 4, 60_000)
   const busChannel = `${prefix}cluster:bus:${node}`
   const eventsChannel = `${prefix}cluster:events`
-  const presenceScript = luaScript(redis, PRESENCE)
+  // Joins and leaves re-sent out of order would leave Redis wrong: the next heartbeat puts it right.
+  const presenceScript = luaScript(redis, PRESENCE, () => { needsSync({ routingLost: true }) })
   const heartbeatScript = luaScript(redis, HEARTBEAT)
   const routeScript = luaScript(redis, ROUTE)
   const closeScript = luaScript(redis, CLOSE)
@@ -399,8 +405,9 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
 
   /**
    * The subscriber is back. Once its subscriptions are confirmed (a PING
-   * answers after them) and Redis still holds this node's users (it may have
-   * restarted), the chat resyncs.
+   * answers after them) and Redis holds exactly this node's users again, the
+   * chat resyncs. Redis may have restarted, perhaps from an older snapshot
+   * whose user sets look right by count alone, so the users are always synced.
    */
   function busBack (): void {
     if (busUp || closed) return
@@ -409,6 +416,7 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
       busUp = true
       lastHealthyAt = Date.now()
       observer?.state(true)
+      needsSync({ routingLost: true })
       await heartbeat()
     }).catch((error: unknown) => onError(error, 'checking the cluster after the subscriber came back failed'))
   }
@@ -469,7 +477,8 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     const settled = presencePending === 0 && issued === presenceIssued
     if (expected > 0 && (known === 0 || (settled && registered < expected))) needsSync({ routingLost: true })
     else if (settled && registered > expected) needsSync({ routingLost: false })
-    else if (!syncNeeded) lastRegisteredAt = Date.now()
+    // Only a check that ran and matched says routing here still worked now.
+    else if (settled && known === 1 && !syncNeeded) lastRegisteredAt = Date.now()
     if (syncNeeded) await sync()
     if (unroutedFrom !== null) {
       const from = unroutedFrom
@@ -521,8 +530,15 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     } while (cursor !== '0')
     for (const part of chunks(stale, CHUNK)) await redis.unlink(...part)
   }
-  await subscriber.subscribe(busChannel, eventsChannel)
-  await heartbeat()
+  try {
+    await subscriber.subscribe(busChannel, eventsChannel)
+    await heartbeat()
+  } catch (error) {
+    // The subscriber is ours: a node that failed to start must not leave it reconnecting.
+    subscriber.removeAllListeners()
+    subscriber.disconnect()
+    throw error
+  }
   const beating = setInterval(() => {
     heartbeat().catch((error: unknown) => {
       observer?.error()
@@ -603,8 +619,13 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
       flushOutgoing()
       subscriber.removeAllListeners('close')
       try {
-        // A join still queued goes out before the node leaves; Redis may answer neither.
-        await withTimeout(Promise.resolve(presenceFlush).then(() => closeScript(prefix, node)), CLOSE_TIMEOUT_MS, 'leaving the cluster')
+        // A join still queued goes out before the node leaves, and so do ended sessions not yet
+        // announced; Redis may answer none of it.
+        const leaving = Promise.resolve(presenceFlush).then(async () => {
+          if (unannounced.length > 0) await redis.publish(eventsChannel, unannounced.join('\n'))
+          await closeScript(prefix, node)
+        })
+        await withTimeout(leaving, CLOSE_TIMEOUT_MS, 'leaving the cluster')
       } finally {
         localUsers.clear()
         await withTimeout(subscriber.quit(), CLOSE_TIMEOUT_MS, 'closing the subscriber').catch(() => subscriber.disconnect())

@@ -140,6 +140,8 @@ interface SetupOptions {
   userExists?: (userId: number) => Promise<boolean>
   /** Sessions that have ended (logged out); every other session is live. */
   endedSessions?: string[]
+  /** Replaces the session check built from `endedSessions`. */
+  isSessionLive?: ChatDependencies['isSessionLive']
   messageRate?: number
   messageBurst?: number
   /** The store behind the default `saveMessage` and `messages`. */
@@ -175,7 +177,7 @@ function setup (t: Test, options: SetupOptions = {}) {
       return userExists(userId)
     },
     verifyAccessToken: accessTokens.verify,
-    isSessionLive: async (sessionId) => !endedSessions.includes(sessionId),
+    isSessionLive: options.isSessionLive ?? (async (sessionId) => !endedSessions.includes(sessionId)),
     nextMessageId: createIdGenerator({ nodeId: 1 }).next,
     saveMessage: (message) => {
       saveCalls++
@@ -1326,4 +1328,24 @@ test('a second outage during a resync keeps the cursor ceiling until the last re
   const cursor = await store.seenThrough(3)
   t.ok(cursor !== null && compareIds(cursor, secondGap) <= 0, `carol's cursor (${String(cursor)}) stays at or before the gap`)
   carolRead.resolve([])
+})
+
+test('a socket whose session cannot be checked after a bus outage is closed, not left paused', async (t) => {
+  const steered = steeredCluster()
+  let failing = false
+  const { connect, idle, errors } = setup(t, {
+    cluster: steered.cluster,
+    isSessionLive: async () => {
+      if (failing) throw new Error('Redis is still down')
+      return true
+    }
+  })
+  const bob = connect(2)
+  await idle()
+  steered.events.interrupted(firstIdAt(Date.now() - 5000))
+  failing = true
+  steered.events.restored(firstIdAt(Date.now() - 5000))
+  await bob.socket.closed
+  t.match(bob.socket.closes, [{ code: 1011 }], 'the client reconnects and catches up')
+  t.match(errors, [{ message: 'Redis is still down' }])
 })

@@ -618,6 +618,28 @@ test('Redis cluster', async (t) => {
     t.strictSame((await restarted.waitFor('message', messageWithId(message.id))).message, message, 'a message published after the restore arrives')
   })
 
+  t.test('a Redis restart from an older snapshot (same count, other users) is set right when the subscriber is back', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const restarted = await node()
+    const other = await node()
+    await restarted.cluster.join(7)
+    await other.waitFor('presence', presenceOf(7, true))
+
+    // The snapshot had user 3 (who left since) instead of user 7: counts agree, members do not.
+    const id = await clientId(admin, restarted.subscriberName)
+    const nodeUsers = `${prefix}cluster:node:${restarted.nodeId}:users`
+    await admin.multi()
+      .del(nodeUsers, `${prefix}cluster:user:7:nodes`).zrem(`${prefix}cluster:online`, 7)
+      .sadd(nodeUsers, 3).sadd(`${prefix}cluster:user:3:nodes`, restarted.nodeId).zadd(`${prefix}cluster:online`, 3, 3)
+      .client('KILL', 'ID', id ?? '').exec()
+    await restarted.waitFor('interrupted')
+    const routedTo = await restarted.waitFor('restored').then(async () => await admin.smembers(`${prefix}cluster:user:7:nodes`))
+    t.strictSame(routedTo, [String(restarted.nodeId)], 'user 7 is routable again when the node resumes')
+    t.strictSame(await admin.smembers(nodeUsers), ['7'], 'and the node holds just its own user')
+    t.equal(await other.cluster.isOnline(3), false, 'the ghost from the snapshot is gone')
+  })
+
   t.test('70,000 users of a node whose keys Redis lost are all registered again by the next heartbeat', async (t) => {
     const prefix = freshRedisPrefix(t, redisUrl)
     const node = redisNodes(t, redisUrl, prefix)
