@@ -1,7 +1,7 @@
 import type { AccessTokenIdentity } from './access-tokens.js'
 import type { Cluster } from './cluster.js'
 import type { Connection, ConnectionRegistry, DeliveryRoute } from './connections.js'
-import { compareIds, firstIdAt, idTime } from './ids.js'
+import { compareIds, firstIdAt, idTime, previousId } from './ids.js'
 import {
   CLOSE_CODES, PONG_FRAME, ackFrame, encodeMessage, errorFrame, parseClientFrame, presenceFrame, welcomeFrame,
   type ClientFrame, type EncodedMessage, type OutputFormat, type ProtocolError
@@ -45,7 +45,7 @@ export interface ChatDependencies {
   nextMessageId: () => string
   /** Stores one message durably (the caller batches); resolves once it is stored. */
   saveMessage: (message: StoredMessage) => Promise<SaveOutcome>
-  messages: Pick<MessageStore, 'since' | 'seenThrough' | 'markSeen'>
+  messages: Pick<MessageStore, 'since' | 'seenThrough' | 'markSeen' | 'rewindSeen'>
   limits: { messageMaxChars: number, messageRate: number, messageBurst: number, maxFrameBytes: number }
   /**
    * How long each socket remembers the ids it was sent, to drop late second
@@ -162,7 +162,12 @@ export function createChat (dependencies: ChatDependencies) {
     newestReceived.delete(userId)
     if (catchingUp.delete(userId) || newest === undefined) return
     if (cursorCeiling !== null && compareIds(cursorCeiling, newest) < 0) newest = cursorCeiling
-    const write: Promise<void> = messages.markSeen(userId, newest)
+    track(messages.markSeen(userId, newest))
+  }
+
+  /** A cursor write, which shutdown waits for. */
+  function track (cursorWrite: Promise<void>): void {
+    const write: Promise<void> = cursorWrite
       .catch(onError)
       .finally(() => { cursorWrites.delete(write) })
     cursorWrites.add(write)
@@ -212,6 +217,12 @@ export function createChat (dependencies: ChatDependencies) {
       busDown = true
       cursorCeiling = cursorCeiling !== null && compareIds(cursorCeiling, gapFrom) < 0 ? cursorCeiling : gapFrom
       for (const session of sessions) session.pause()
+    },
+    rerouted (routed) {
+      // Each user of a late message may have gone offline with a cursor past it: move it back.
+      for (const { id, from, to } of routed) {
+        for (const userId of new Set([from, to])) track(messages.rewindSeen(userId, previousId(id)))
+      }
     },
     restored (gapFrom) {
       busDown = false

@@ -1,5 +1,12 @@
 import type { EncodedMessage } from './protocol.js'
 
+/** Which message it was and whose: enough to find the cursors it concerns. */
+export interface RoutedMessage {
+  id: string
+  from: number
+  to: number
+}
+
 /** What the cluster tells this node's chat. */
 export interface ClusterEvents {
   /** A message stored by another node, for a user connected here (its recipient or sender). */
@@ -15,6 +22,11 @@ export interface ClusterEvents {
   interrupted (gapFrom: string): void
   /** The bus is back: what was stored after `gapFrom` may have been missed. */
   restored (gapFrom: string): void
+  /**
+   * Messages whose routing had failed reached the other nodes late. Their
+   * users may have gone offline meanwhile with a cursor past them.
+   */
+  rerouted (messages: readonly RoutedMessage[]): void
 }
 
 export interface OnlinePage {

@@ -44,6 +44,12 @@ export function firstIdAt (epochMs: number): string {
   return (BigInt(Math.max(0, Math.floor(epochMs) - EPOCH_MS)) << (NODE_BITS + SEQUENCE_BITS)).toString()
 }
 
+/** The id just before `id` (a cursor that stops short of it). */
+export function previousId (id: string): string {
+  const value = BigInt(id)
+  return (value > 0n ? value - 1n : 0n).toString()
+}
+
 /** Orders two ids numerically (they are decimal strings without leading zeros). */
 export function compareIds (a: string, b: string): number {
   if (a.length !== b.length) return a.length - b.length

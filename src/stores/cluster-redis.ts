@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
-import type { Cluster, ClusterEvents } from '../cluster.js'
+import type { Cluster, ClusterEvents, RoutedMessage } from '../cluster.js'
 import { compareIds, firstIdAt, idTime } from '../ids.js'
 import { decodeMessageFrame, type EncodedMessage } from '../protocol.js'
 
@@ -223,6 +223,8 @@ export const GAP_SLACK_MS = 5000
 
 /** Users or messages per script call: Redis takes any number, but spreading them into arguments must not overflow the stack. */
 const CHUNK = 1000
+/** Messages kept to be routed again after their routing failed; beyond this, every node resyncs instead. */
+const MAX_FAILED_ROUTES = 10_000
 /** How long shutdown waits for Redis to take this node out before it gives up (Redis down). */
 const CLOSE_TIMEOUT_MS = 2000
 
@@ -312,9 +314,12 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
 
   // --- Outgoing messages: those routed in one tick go in one script call.
   let outgoing: ScriptArgument[] = []
-  let outgoingIds: string[] = []
+  let outgoingMessages: RoutedMessage[] = []
   let outgoingScheduled = false
-  /** The oldest message whose routing failed for good, announced once Redis answers again. */
+  /** Script calls whose routing failed for good, in order, routed again once Redis answers. */
+  const failedRoutes: Array<{ args: ScriptArgument[], messages: RoutedMessage[] }> = []
+  let failedMessages = 0
+  /** The oldest message dropped from a full `failedRoutes`: every node resyncs from it instead. */
   let unroutedFrom: string | null = null
   /** Ended sessions whose announcement failed, announced again at the next heartbeat. */
   let unannounced: string[] = []
@@ -323,18 +328,41 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     outgoingScheduled = false
     if (outgoing.length === 0) return
     const batch = outgoing
-    const ids = outgoingIds
+    const sent = chunks(outgoingMessages, CHUNK)
     outgoing = []
-    outgoingIds = []
-    for (const part of chunks(batch, 3 * CHUNK)) {
-      routeScript(prefix, node, ...part)
-        .then(() => observer?.published(part.length / 3))
+    outgoingMessages = []
+    chunks(batch, 3 * CHUNK).forEach((args, index) => {
+      const messages = sent[index] ?? []
+      routeScript(prefix, node, ...args)
+        .then(() => observer?.published(messages.length))
         .catch((error: unknown) => {
           // ioredis resends commands cut off by a reconnect; these failed for good.
           observer?.error()
-          onError(error, 'routing messages to other nodes failed; every node will resync once Redis answers')
-          for (const id of ids) if (unroutedFrom === null || compareIds(id, unroutedFrom) < 0) unroutedFrom = id
+          onError(error, 'routing messages to other nodes failed; they are routed again once Redis answers')
+          keepFailedRoute(args, messages)
         })
+    })
+  }
+
+  function keepFailedRoute (args: ScriptArgument[], messages: RoutedMessage[]): void {
+    failedRoutes.push({ args, messages })
+    failedMessages += messages.length
+    while (failedMessages > MAX_FAILED_ROUTES) {
+      const dropped = failedRoutes.shift()
+      if (dropped === undefined) break
+      failedMessages -= dropped.messages.length
+      for (const { id } of dropped.messages) if (unroutedFrom === null || compareIds(id, unroutedFrom) < 0) unroutedFrom = id
+    }
+  }
+
+  /** Routes again what failed, oldest first; the chat then makes sure no cursor is past those messages. */
+  async function rerouteFailed (): Promise<void> {
+    for (let next = failedRoutes[0]; next !== undefined; next = failedRoutes[0]) {
+      await routeScript(prefix, node, ...next.args)
+      failedRoutes.shift()
+      failedMessages -= next.messages.length
+      observer?.published(next.messages.length)
+      events?.rerouted(next.messages)
     }
   }
 
@@ -480,6 +508,7 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
     // Only a check that ran and matched says routing here still worked now.
     else if (settled && known === 1 && !syncNeeded) lastRegisteredAt = Date.now()
     if (syncNeeded) await sync()
+    await rerouteFailed()
     if (unroutedFrom !== null) {
       const from = unroutedFrom
       unroutedFrom = null
@@ -569,7 +598,7 @@ export async function createRedisCluster ({ redis, subscriber, prefix, nodeId, t
 
     publish (message) {
       outgoing.push(message.to, message.from, message.json)
-      outgoingIds.push(message.id)
+      outgoingMessages.push({ id: message.id, from: message.from, to: message.to })
       if (outgoingScheduled) return
       outgoingScheduled = true
       setImmediate(flushOutgoing)

@@ -169,6 +169,12 @@ export function createMemoryMessageStore ({ clock = Date.now }: { clock?: () => 
     async markSeen (userId: number, id: string): Promise<void> {
       const current = seen.get(userId)
       if (current === undefined || compareIds(current, id) < 0) seen.set(userId, id)
+    },
+
+    /** Moves a user's cursor back to `id` if it is past it (a message before it was never delivered). */
+    async rewindSeen (userId: number, id: string): Promise<void> {
+      const current = seen.get(userId)
+      if (current !== undefined && compareIds(id, current) < 0) seen.set(userId, id)
     }
   }
 }

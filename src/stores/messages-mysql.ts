@@ -206,6 +206,12 @@ export function createMysqlMessageStore (pool: Pool, { clock = Date.now }: { clo
       await pool.query(
         'INSERT INTO message_cursors (user_id, seen_through) VALUES (?, ?) ON DUPLICATE KEY UPDATE seen_through = GREATEST(seen_through, ?)',
         [userId, seen, seen])
+    },
+
+    /** Moves a user's cursor back to `id` if it is past it (a message before it was never delivered). */
+    async rewindSeen (userId: number, id: string): Promise<void> {
+      const seen = BigInt(id)
+      await pool.query('UPDATE message_cursors SET seen_through = LEAST(seen_through, ?) WHERE user_id = ?', [seen, userId])
     }
   }
 }

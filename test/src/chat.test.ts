@@ -5,7 +5,7 @@ import { createBatcher } from '../../src/batcher.js'
 import { createChat, type ChatDependencies, type ChatObserver, type Socket } from '../../src/chat.js'
 import { createLocalCluster, type Cluster, type ClusterEvents } from '../../src/cluster.js'
 import { createConnectionRegistry } from '../../src/connections.js'
-import { compareIds, createIdGenerator, firstIdAt, idTime } from '../../src/ids.js'
+import { compareIds, createIdGenerator, firstIdAt, idTime, previousId } from '../../src/ids.js'
 import { encodeMessage, type EncodedMessage, type OutputFormat } from '../../src/protocol.js'
 import type { PublicUser } from '../../src/schemas.js'
 import {
@@ -131,7 +131,7 @@ type Messages = ChatDependencies['messages']
 
 /** The memory store as the chat reads it, with some methods replaced. */
 function storeView (store: MessageStore, overrides: Partial<Messages>): Messages {
-  return { since: store.since, seenThrough: store.seenThrough, markSeen: store.markSeen, ...overrides }
+  return { since: store.since, seenThrough: store.seenThrough, markSeen: store.markSeen, rewindSeen: store.rewindSeen, ...overrides }
 }
 
 interface SetupOptions {
@@ -1348,4 +1348,16 @@ test('a socket whose session cannot be checked after a bus outage is closed, not
   await bob.socket.closed
   t.match(bob.socket.closes, [{ code: 1011 }], 'the client reconnects and catches up')
   t.match(errors, [{ message: 'Redis is still down' }])
+})
+
+test('a message routed late to other nodes moves its users\' cursors back to just before it', async (t) => {
+  const steered = steeredCluster()
+  const { idle, store } = setup(t, { cluster: steered.cluster })
+  const late = remoteMessage(1, 2, 'routed late', Date.now() - 2000).stored
+  const newer = remoteMessage(3, 2, 'delivered meanwhile', Date.now() - 1000).stored
+  await store.markSeen(2, newer.id)
+  steered.events.rerouted([{ id: late.id, from: 1, to: 2 }])
+  await idle()
+  t.equal(await store.seenThrough(2), previousId(late.id), 'the recipient will be sent it at the next catch-up')
+  t.equal(await store.seenThrough(1), null, 'a user without a cursor gets none')
 })

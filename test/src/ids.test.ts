@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { MAX_NODE_ID, compareIds, createIdGenerator, idTime, isMessageId } from '../../src/ids.js'
+import { MAX_NODE_ID, compareIds, createIdGenerator, idTime, isMessageId, previousId } from '../../src/ids.js'
 
 const T = Date.UTC(2025, 5, 1, 12, 0, 0)
 
@@ -138,4 +138,11 @@ test('isMessageId accepts plain decimal 64-bit unsigned numbers only', async (t)
     '\uff11' // a fullwidth 1
   ]
   for (const id of refused) t.equal(isMessageId(id), false, `${JSON.stringify(id)} refused`)
+})
+
+test('previousId is the id just before, digit for digit, and never below 0', async (t) => {
+  t.equal(previousId('18446744073709551615'), '18446744073709551614')
+  t.equal(previousId('9007199254740993'), '9007199254740992')
+  t.equal(previousId('1'), '0')
+  t.equal(previousId('0'), '0')
 })

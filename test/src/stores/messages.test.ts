@@ -342,6 +342,17 @@ function messageStoreContract (t: Test, makeStore: MessageStoreFactory): void {
     t.strictSame(await store.since({ userId: ANN, after: '18446744073709551614', limit: 10 }), ordered.slice(5))
   })
 
+  t.test('rewindSeen moves a cursor back, never forward, and creates none', async (t) => {
+    const { store } = await harness(t, makeStore)
+    await store.rewindSeen(ANN, '5')
+    t.equal(await store.seenThrough(ANN), null, 'no cursor, none made')
+    await store.markSeen(ANN, '9007199254740993')
+    await store.rewindSeen(ANN, '9007199254740992')
+    t.equal(await store.seenThrough(ANN), '9007199254740992', 'back, digit for digit')
+    await store.rewindSeen(ANN, '9007199254740999')
+    t.equal(await store.seenThrough(ANN), '9007199254740992', 'never forward')
+  })
+
   t.test('seenThrough is null until markSeen, and markSeen never moves back', async (t) => {
     const { store } = await harness(t, makeStore)
     t.equal(await store.seenThrough(ANN), null)
