@@ -694,6 +694,42 @@ test('Redis cluster', async (t) => {
     t.strictSame((await recipientNode.waitFor('message', messageWithId(next.id))).message, next, 'later messages are routed as usual')
   })
 
+  t.test('more failed routing than a node keeps: the oldest are dropped and every node resyncs from them instead', async (t) => {
+    const prefix = freshRedisPrefix(t, redisUrl)
+    const node = redisNodes(t, redisUrl, prefix)
+    const ttlMs = 600
+    const publisher = await node({ ttlMs })
+    const recipientNode = await node({ ttlMs })
+    await publisher.cluster.join(1)
+    await recipientNode.cluster.join(2)
+
+    // Every routing call fails until the test lets them through: 10,001 messages, one more than a node keeps.
+    const evalsha = publisher.redis.evalsha.bind(publisher.redis) as (...args: unknown[]) => Promise<unknown>
+    let failing = true
+    const isRoute = (args: unknown[]): boolean => args.some((arg) => typeof arg === 'string' && arg.startsWith('{"type":"message"'))
+    Object.assign(publisher.redis, {
+      evalsha: async (...args: unknown[]) => {
+        if (failing && isRoute(args)) throw new Error('evalsha failed (a simulated outage)')
+        return await evalsha(...args)
+      }
+    })
+    const ids = createIdGenerator({ nodeId: publisher.nodeId })
+    const sent = Array.from({ length: 10_001 }, (_, index) => encodeMessage({ id: ids.next(), from: 1, to: 2, text: `m${index}`, sentAt: new Date().toISOString() }))
+    for (const message of sent) publisher.cluster.publish(message)
+    await until('every routing call has failed', () => publisher.errors.filter(({ context }) => context.startsWith('routing messages')).length === 11)
+    failing = false
+
+    const restored = await recipientNode.waitFor('restored')
+    const first = sent[0] as EncodedMessage
+    t.ok(compareIds(restored.gapFrom, first.id) <= 0, 'the other node resyncs from at or before the oldest dropped message')
+    // Calls carry 1000 messages: the first call's were dropped, the other ten calls are routed again in order.
+    const rerouted = await publisher.waitFor('rerouted')
+    t.equal(rerouted.messages.length, 1000)
+    t.equal(rerouted.messages[0]?.id, sent[1000]?.id, 'what was kept is routed again, oldest first')
+    await recipientNode.waitFor('message', messageWithId(sent.at(-1)?.id ?? ''))
+    t.notOk(recipientNode.seen('message', messageWithId(first.id)).length > 0, 'the dropped ones come through the resync, not the bus')
+  })
+
   t.test('a session revocation whose announcement failed reaches the other nodes at the next heartbeat', async (t) => {
     const prefix = freshRedisPrefix(t, redisUrl)
     const node = redisNodes(t, redisUrl, prefix)
