@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import {
-  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError, UpgradeRequiredError, loggable
+  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, OverloadedError, TooManyError, UnauthorizedError, UnavailableError, UpgradeRequiredError, loggable
 } from '../src/errors.js'
 
 /** The one body every error has: Fastify's shape, always with a `code`. */
@@ -19,7 +19,9 @@ const STATUS_BY_ERROR = new Map<abstract new (...args: never[]) => DomainError, 
   [NotFoundError, 404],
   [ConflictError, 409],
   [UpgradeRequiredError, 426],
-  [UnavailableError, 503]
+  [UnavailableError, 503],
+  [OverloadedError, 503],
+  [TooManyError, 429]
 ])
 
 interface HttpishError {
@@ -45,8 +47,8 @@ function codeFor (status: number): string {
 export function errorBody (error: HttpishError): ErrorBody {
   const statusCode = statusOf(error)
   const name = STATUS_CODES[statusCode] ?? 'Error'
-  if (statusCode >= 500) {
-    // Internals of a server fault stay in the log.
+  // A node at capacity tells the client so; any other 5xx is a fault, whose internals stay in the log.
+  if (statusCode >= 500 && !(error instanceof OverloadedError)) {
     return { statusCode, code: codeFor(statusCode), error: name, message: statusCode === 503 ? 'a backend this request needs is unavailable; try again shortly' : 'something went wrong on our side' }
   }
   // Fastify's own codes (FST_...) name its internals; clients get the status in words instead.

@@ -123,7 +123,8 @@ export default fp(async function poolPlugin (fastify) {
       messageMaxChars: config.messageMaxChars,
       messageRate: config.wsMessageRate,
       messageBurst: config.wsMessageBurst,
-      maxFrameBytes: config.wsMaxPayload
+      maxFrameBytes: config.wsMaxPayload,
+      maxBufferedBytes: config.wsMaxBuffered
     },
     onError: (error) => {
       // A failed batch fails every sender in it with one error: log it once.
@@ -135,6 +136,10 @@ export default fp(async function poolPlugin (fastify) {
     }
   })
   fastify.decorate('switchboardChat', chat)
+  // Browsers answer pings by themselves; a peer that stops answering is dropped after two.
+  const pinging = setInterval(chat.heartbeat, config.wsPingInterval * 1000)
+  pinging.unref()
+  fastify.addHook('onClose', async () => { clearInterval(pinging) })
   metrics.observe({ connections: () => registry.connectionCount, onlineUsers: () => registry.userCount })
   // Logout or a reused refresh token ends the session's sockets on every node.
   fastify.switchboardAuth.onSessionRevoked(cluster.revokeSession)

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest, LogLevel } from 'fastify'
 import Type from 'typebox'
 import { INVALID_TOKEN } from '../src/access-tokens.js'
-import { ForbiddenError, UnauthorizedError, UpgradeRequiredError } from '../src/errors.js'
+import { ForbiddenError, OverloadedError, TooManyError, UnauthorizedError, UpgradeRequiredError } from '../src/errors.js'
 import { MessageIdSchema, toPublicUser, type PublicUser } from '../src/schemas.js'
 import { requestToken } from '../plugins/auth.js'
 
@@ -18,7 +18,7 @@ export function isOriginAllowed (origin: string | undefined, host: string | unde
 }
 
 export default (async function wsRoutes (fastify) {
-  const { wsAllowedOrigins } = fastify.switchboardConfig
+  const { wsAllowedOrigins, wsMaxConnectionsPerUser, wsMaxConnections } = fastify.switchboardConfig
   const auth = fastify.switchboardAuth
   const users = fastify.switchboardDb.users
   const chat = fastify.switchboardChat
@@ -53,6 +53,13 @@ export default (async function wsRoutes (fastify) {
       if (user === null) throw new UnauthorizedError(INVALID_TOKEN, 'the account of this token no longer exists')
       // A socket outlives its token's checks by hours: a logged-out session must not open new ones.
       if (!sessionLive) throw new UnauthorizedError(INVALID_TOKEN, 'the session of this token has ended')
+      // Checked before the upgrade, so a refused socket costs no handshake; upgrades racing each other may pass one or two over.
+      if ((chat.registry.connectionsOf(identity.userId)?.size ?? 0) >= wsMaxConnectionsPerUser) {
+        throw new TooManyError('TOO_MANY_CONNECTIONS', `at most ${wsMaxConnectionsPerUser} open WebSockets per user on one node; close one first`)
+      }
+      if (chat.registry.connectionCount >= wsMaxConnections) {
+        throw new OverloadedError('SERVER_FULL', 'this node holds as many WebSockets as it may; try again, or another node')
+      }
       request.identity = identity
       profiles.set(request, toPublicUser(user))
     }],
@@ -71,6 +78,7 @@ export default (async function wsRoutes (fastify) {
       const { format, since } = request.query
       const session = chat.open(socket, since === undefined ? { user, identity, format } : { user, identity, format, since })
       socket.on('message', session.receive)
+      socket.on('pong', session.pong)
       socket.on('close', session.closed)
     }
   })

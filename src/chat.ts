@@ -14,7 +14,10 @@ import { createTokenBucket } from './token-bucket.js'
 /** The socket as the chat sees it: the `ws` WebSocket satisfies this. */
 export interface Socket {
   readonly readyState: number
+  /** Bytes queued for the peer and not yet handed to the network. */
+  readonly bufferedAmount: number
   send (data: string): void
+  ping (): void
   close (code: number, reason: string): void
   terminate (): void
 }
@@ -46,7 +49,14 @@ export interface ChatDependencies {
   /** Stores one message durably (the caller batches); resolves once it is stored. */
   saveMessage: (message: StoredMessage) => Promise<SaveOutcome>
   messages: Pick<MessageStore, 'since' | 'seenThrough' | 'markSeen' | 'rewindSeen'>
-  limits: { messageMaxChars: number, messageRate: number, messageBurst: number, maxFrameBytes: number }
+  limits: {
+    messageMaxChars: number
+    messageRate: number
+    messageBurst: number
+    maxFrameBytes: number
+    /** Bytes waiting to be sent to one socket before it is dropped as too slow. */
+    maxBufferedBytes: number
+  }
   /**
    * How long each socket remembers the ids it was sent, to drop late second
    * copies. With several nodes it must cover a bus outage's detection time.
@@ -90,9 +100,14 @@ const CROSS_NODE_SETTLE_MS = 1000
 /** Sockets replaying at once after a bus outage (each reads the store). */
 const RESYNC_CONCURRENCY = 32
 
-/** What a bus event needs of one open socket. */
+/** A socket closed for being too slow gets this long to finish the closing handshake. */
+const SLOW_CLOSE_WAIT_MS = 3000
+
+/** What a bus event, or the heartbeat, needs of one open socket. */
 interface SessionControl {
   connection: Connection
+  /** Pings the peer; drops it when the two pings before went unanswered. */
+  heartbeat (): void
   /** The bus dropped messages: stop live delivery until `resync`. */
   pause (): void
   /** Replays what was stored after `gapFrom` that the socket was not sent, then goes live. */
@@ -252,6 +267,9 @@ export function createChat (dependencies: ChatDependencies) {
     const recent = createRecentIds({ windowMs: recentWindowMs })
     let expiresAt = identity.expiresAt
     let expiryTimer: NodeJS.Timeout | undefined
+    let slowTimer: NodeJS.Timeout | undefined
+    /** Pings sent since the peer last answered one. */
+    let unansweredPings = 0
     /** Set once we or the peer start closing: no frame is handled after that. */
     let closing = false
     let closed = false
@@ -280,6 +298,25 @@ export function createChat (dependencies: ChatDependencies) {
       recent.add(message.id)
       received(user.id, message.id)
       if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
+      checkBacklog()
+    }
+
+    /**
+     * What this socket was sent may never have reached its peer (it stopped
+     * reading, or stopped answering): no cursor of the user moves on its
+     * word, and their next socket catches up from the stored cursor.
+     */
+    function distrust (): void {
+      catchingUp.add(user.id)
+    }
+
+    /** A peer that does not read would make the server hold its frames without end: it is dropped. */
+    function checkBacklog (): void {
+      if (closing || socket.bufferedAmount <= limits.maxBufferedBytes) return
+      distrust()
+      connection.close(CLOSE_CODES.overloaded, 'too slow: frames are not being read')
+      slowTimer = setTimeout(() => connection.terminate(), SLOW_CLOSE_WAIT_MS)
+      slowTimer.unref()
     }
 
     const connection: Connection = {
@@ -309,11 +346,15 @@ export function createChat (dependencies: ChatDependencies) {
     }
 
     function sendJson (frame: string): void {
-      if (format === 'json' && !closed) socket.send(frame)
+      if (format !== 'json' || closed) return
+      socket.send(frame)
+      checkBacklog()
     }
 
     function sendError (error: ProtocolError): void {
-      if (!closed) socket.send(errorFrame(error, format))
+      if (closed) return
+      socket.send(errorFrame(error, format))
+      checkBacklog()
     }
 
     function armExpiry (): void {
@@ -525,6 +566,16 @@ export function createChat (dependencies: ChatDependencies) {
 
     const control: SessionControl = {
       connection,
+      heartbeat () {
+        if (closing || socket.readyState !== OPEN) return
+        if (unansweredPings >= 2) {
+          distrust()
+          connection.terminate()
+          return
+        }
+        unansweredPings++
+        socket.ping()
+      },
       pause () {
         // Keep every id sent so far: the resync after the outage must not send them again.
         recent.holdFrom('0')
@@ -609,12 +660,18 @@ export function createChat (dependencies: ChatDependencies) {
         }
       },
 
+      /** The peer answered a ping. */
+      pong (): void {
+        unansweredPings = 0
+      },
+
       /** The socket closed, for whatever reason. */
       closed (): void {
         if (closed) return
         closed = true
         closing = true
         clearTimeout(expiryTimer)
+        clearTimeout(slowTimer)
         sessions.delete(control)
         unwatchAll()
         if (registry.remove(connection)) wentOffline(user.id)
@@ -626,6 +683,11 @@ export function createChat (dependencies: ChatDependencies) {
     registry,
     cluster,
     open,
+
+    /** Pings every socket; one that left the two pings before unanswered is dropped. */
+    heartbeat (): void {
+      for (const session of sessions) session.heartbeat()
+    },
 
     /** Resolves once every cursor write started so far has finished (for shutdown). */
     async drain (): Promise<void> {

@@ -26,6 +26,10 @@ export class ConflictError extends DomainError {}
 export class UpgradeRequiredError extends DomainError {}
 /** A backend the request needs is unreachable (503). */
 export class UnavailableError extends DomainError {}
+/** This node is at capacity (503); unlike a fault, the client is told so. */
+export class OverloadedError extends DomainError {}
+/** The caller holds as many of something as it may (429). */
+export class TooManyError extends DomainError {}
 
 /** Thrown for a bad configuration value; the message names the setting. */
 export class ConfigError extends Error {

@@ -247,6 +247,8 @@ export interface WsConnectOptions {
   since?: string
   origin?: string
   headers?: Record<string, string>
+  /** false: the client does not answer the server's pings (a peer that went silent). */
+  autoPong?: boolean
 }
 
 /** How long a test waits for a frame or a close before it fails. */
@@ -286,7 +288,7 @@ function wsHeaders ({ token, via = 'header', origin, headers }: WsConnectOptions
 
 /** Opens `GET /ws`; the client is closed when the test ends. Rejects if the upgrade is refused. */
 export async function connectWs (t: Test, wsUrl: string, options: WsConnectOptions = {}): Promise<WsClient> {
-  const socket = new WebSocket(wsAddress(wsUrl, options), { headers: wsHeaders(options) })
+  const socket = new WebSocket(wsAddress(wsUrl, options), { headers: wsHeaders(options), autoPong: options.autoPong ?? true })
   const frames: string[] = []
   const watchers = new Set<() => void>()
   let closeInfo: WsClose | undefined

@@ -94,3 +94,17 @@ test('a plain GET /ws (no upgrade) is a 426 with the usual error body', async (t
   const unauthenticated = await app.inject({ method: 'GET', url: '/ws' })
   t.equal(unauthenticated.statusCode, 401, 'the token is checked first')
 })
+
+test('past the sockets one user may hold on a node the upgrade is a 429; past the node\'s, a 503', async (t) => {
+  const { app, wsUrl } = await listen(t, { wsMaxConnectionsPerUser: 2, wsMaxConnections: 3 })
+  const alice = await createUser(app, 'Alice')
+  const bob = await createUser(app, 'Bob')
+  const first = await expectWelcome(t, wsUrl, { token: alice.accessToken }, 'alice\'s first')
+  await expectWelcome(t, wsUrl, { token: alice.accessToken }, 'alice\'s second')
+  await expectRefused(t, wsUrl, { token: alice.accessToken }, 429, 'TOO_MANY_CONNECTIONS', 'alice\'s third')
+  await first.close()
+  await expectWelcome(t, wsUrl, { token: alice.accessToken }, 'alice again, once one closed')
+
+  await expectWelcome(t, wsUrl, { token: bob.accessToken }, 'bob, the node\'s third')
+  await expectRefused(t, wsUrl, { token: bob.accessToken }, 503, 'SERVER_FULL', 'a fourth on the node')
+})

@@ -11,7 +11,7 @@ import type { PublicUser } from '../../src/schemas.js'
 import {
   createMemoryMessageStore, type MessageStore, type SaveOutcome, type SinceQuery, type StoredMessage
 } from '../../src/stores/messages-memory.js'
-import { pluginJwt } from '../helper.js'
+import { pluginJwt, until } from '../helper.js'
 
 const accessTokens = createAccessTokens({ jwt: pluginJwt(), ttlSeconds: 900 })
 
@@ -20,6 +20,9 @@ interface Close { code: number, reason: string }
 /** A socket that records what the chat does to it. Not a backend: the real `ws` socket is tested in test/routes. */
 interface FakeSocket extends Socket {
   readyState: number
+  /** Set by a test to play a peer that stopped reading. */
+  bufferedAmount: number
+  pings: number
   sent: string[]
   /** Frames the chat handed over after closing had begun. */
   dropped: string[]
@@ -39,6 +42,8 @@ function fakeSocket (): FakeSocket {
   let onClose: (close: Close) => void = () => {}
   const socket: FakeSocket = {
     readyState: WebSocket.OPEN,
+    bufferedAmount: 0,
+    pings: 0,
     sent: [],
     dropped: [],
     closes: [],
@@ -61,6 +66,9 @@ function fakeSocket (): FakeSocket {
       // As ws: closing starts the handshake; the 'close' event (CLOSED) comes later.
       if (socket.readyState === WebSocket.OPEN) socket.readyState = WebSocket.CLOSING
       onClose({ code, reason })
+    },
+    ping () {
+      socket.pings++
     },
     terminate () {
       socket.terminated = true
@@ -184,7 +192,7 @@ function setup (t: Test, options: SetupOptions = {}) {
       return save(message)
     },
     messages: options.messages ?? store,
-    limits: { messageMaxChars: 4000, messageRate, messageBurst, maxFrameBytes: 65_536 },
+    limits: { messageMaxChars: 4000, messageRate, messageBurst, maxFrameBytes: 65_536, maxBufferedBytes: 1_048_576 },
     ...(options.observer === undefined ? {} : { observer: options.observer }),
     onError: (error) => { errors.push(error) }
   })
@@ -1360,4 +1368,61 @@ test('a message routed late to other nodes moves its users\' cursors back to jus
   await idle()
   t.equal(await store.seenThrough(2), previousId(late.id), 'the recipient will be sent it at the next catch-up')
   t.equal(await store.seenThrough(1), null, 'a user without a cursor gets none')
+})
+
+test('the heartbeat pings every socket and drops one that left two pings unanswered; a pong resets the count', async (t) => {
+  const { chat, connect, idle } = setup(t)
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  chat.heartbeat()
+  chat.heartbeat()
+  alice.session.pong()
+  chat.heartbeat()
+  t.equal(bob.socket.terminated, true, 'bob answered neither of the two pings before')
+  t.equal(alice.socket.terminated, false, 'alice answered')
+  t.equal(alice.socket.pings, 3)
+  t.equal(bob.socket.pings, 2, 'not pinged again: dropped instead')
+})
+
+test('a socket dropped for silence does not move the cursor: the next connection catches up from the stored one', async (t) => {
+  const { chat, connect, idle, message, store } = setup(t)
+  const alice = connect(1)
+  const bob = connect(2)
+  await idle()
+  const first = await message(alice, 2, 'received')
+  bob.disconnect()
+  await idle()
+  t.equal(await store.seenThrough(2), first)
+  const bobAgain = connect(2)
+  await idle()
+  await message(alice, 2, 'perhaps never read')
+  chat.heartbeat()
+  chat.heartbeat()
+  chat.heartbeat()
+  t.equal(bobAgain.socket.terminated, true)
+  bobAgain.disconnect()
+  await idle()
+  t.equal(await store.seenThrough(2), first, 'the cursor stays where it was')
+  const bobLater = connect(2)
+  await idle()
+  t.strictSame(textsOf(bobLater.socket), ['perhaps never read'])
+})
+
+test('a socket whose unsent frames pass the cap is closed with 1013, dropped if it does not answer, and trusted with no cursor', async (t) => {
+  const { connect, idle, message, store } = setup(t)
+  const alice = connect(1)
+  const bob = connect(2)
+  const carol = connect(3)
+  await idle()
+  bob.socket.bufferedAmount = 1_048_577
+  await message(alice, 2, 'one too many')
+  await message(alice, 3, 'carol reads fine')
+  await idle()
+  t.match(bob.socket.closes, [{ code: 1013 }])
+  t.strictSame(textsOf(carol.socket), ['carol reads fine'], 'other sockets are unaffected')
+  await until('the slow socket is dropped after the close wait', () => bob.socket.terminated, 10_000)
+  bob.disconnect()
+  await idle()
+  t.equal(await store.seenThrough(2), null, 'no cursor written on its word')
 })
