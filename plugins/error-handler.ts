@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import {
-  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, OverloadedError, TooManyError, UnauthorizedError, UnavailableError, UpgradeRequiredError, loggable
+  ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError, OverloadedError, TooManyError, UnauthorizedError, UnavailableError, UpgradeRequiredError, isBackendUnreachable, loggable
 } from '../src/errors.js'
 
 /** The one body every error has: Fastify's shape, always with a `code`. */
@@ -32,6 +32,7 @@ interface HttpishError {
 }
 
 function statusOf (error: HttpishError): number {
+  if (isBackendUnreachable(error)) return 503
   if (error instanceof DomainError) {
     for (const [type, status] of STATUS_BY_ERROR) if (error instanceof type) return status
     return 500

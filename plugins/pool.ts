@@ -85,7 +85,8 @@ export default fp(async function poolPlugin (fastify) {
     ? createLocalCluster()
     : await createRedisCluster({
       redis,
-      subscriber: redis.duplicate({ connectionName: 'switchboard-bus', enableAutoPipelining: false }),
+      // Its SUBSCRIBE is sent before it has connected: it queues until then.
+      subscriber: redis.duplicate({ connectionName: 'switchboard-bus', enableAutoPipelining: false, enableOfflineQueue: true }),
       prefix: keyPrefix,
       nodeId: lease.nodeId,
       ttlMs,

@@ -21,6 +21,9 @@ declare module 'fastify' {
   }
 }
 
+/** How long a Redis command may take before the request that needs it fails. */
+const REDIS_COMMAND_TIMEOUT_MS = 1500
+
 export interface RedisPluginOptions {
   /** An ioredis client the host app already owns; used instead of `redisUrl`. */
   client?: Redis
@@ -32,7 +35,16 @@ export default fp<RedisPluginOptions>(async function redisPlugin (fastify, { cli
 
   if (redis === undefined && redisUrl !== undefined) {
     // Commands of one tick share a write: rate-limit counters, token checks and presence under load.
-    await fastify.register(fastifyRedis, { url: redisUrl, namespace: 'switchboard', connectionName: 'switchboard', enableAutoPipelining: true })
+    await fastify.register(fastifyRedis, {
+      url: redisUrl,
+      namespace: 'switchboard',
+      connectionName: 'switchboard',
+      enableAutoPipelining: true,
+      // With Redis down, a request that needs it fails (503) at once, rather than waiting in a queue
+      // for it to come back; with Redis silent, after the timeout.
+      enableOfflineQueue: false,
+      commandTimeout: REDIS_COMMAND_TIMEOUT_MS
+    })
     const client = fastify.redis.switchboard as Redis
     // Fail at start-up, with the cause, rather than on the first request.
     await client.ping()

@@ -36,6 +36,22 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
+/** Network errors of a backend that cannot be reached (or answers too late), as the drivers name them. */
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE', 'PROTOCOL_CONNECTION_LOST', 'PROTOCOL_SEQUENCE_TIMEOUT'])
+const UNREACHABLE_MESSAGES = /^(Command timed out|Connection is closed|Stream isn't writeable|Reached the max retries per request limit)/
+
+/**
+ * Whether an error says that MySQL or Redis could not be reached, rather
+ * than that something is wrong: the request may succeed once it is back (503).
+ */
+export function isBackendUnreachable (error: unknown): boolean {
+  if (typeof error !== 'object' || error === null) return false
+  const { code, message, name } = error as { code?: unknown, message?: unknown, name?: unknown }
+  if (typeof code === 'string' && UNREACHABLE_CODES.has(code)) return true
+  if (name === 'MaxRetriesPerRequestError') return true
+  return typeof message === 'string' && UNREACHABLE_MESSAGES.test(message)
+}
+
 /**
  * An error as it may be logged. Database drivers attach the statement with
  * its values (`sql`: message text, emails, hashes); those stay out of logs.

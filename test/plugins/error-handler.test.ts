@@ -39,6 +39,19 @@ async function tinyApp (t: Test): Promise<{ app: FastifyInstance, logs: string[]
     })
   })
   app.get('/bare-domain', async () => { throw new DomainError('SOMETHING', SECRET) })
+  // As the drivers report a backend they cannot reach.
+  const unreachable: Record<string, Error> = {
+    refused: Object.assign(new Error(`connect ECONNREFUSED ${SECRET}`), { code: 'ECONNREFUSED' }),
+    lost: Object.assign(new Error(SECRET), { code: 'PROTOCOL_CONNECTION_LOST' }),
+    offline: new Error("Stream isn't writeable and enableOfflineQueue options is false"),
+    timeout: new Error('Command timed out'),
+    retries: Object.assign(new Error('Reached the max retries per request limit (which is 20).'), { name: 'MaxRetriesPerRequestError' })
+  }
+  app.get('/unreachable/:kind', async (request) => {
+    const error = unreachable[(request.params as { kind: string }).kind]
+    if (error === undefined) throw new Error('no such kind')
+    throw error
+  })
   app.get('/typed/:kind', async (request) => {
     const { kind } = request.params as { kind: string }
     const errors: Record<string, DomainError> = {
@@ -86,6 +99,16 @@ test('a 503 says only that a backend is unavailable', async (t) => {
     error: 'Service Unavailable',
     message: 'a backend this request needs is unavailable; try again shortly'
   })
+})
+
+test('a backend the drivers cannot reach is a 503 that says only that', async (t) => {
+  const { app, logs } = await tinyApp(t)
+  for (const kind of ['refused', 'lost', 'offline', 'timeout', 'retries']) {
+    const { statusCode, body } = await call<ErrorBody>(app, { method: 'GET', url: `/unreachable/${kind}` })
+    t.equal(statusCode, 503, kind)
+    t.same(body, { statusCode: 503, code: 'SERVICE_UNAVAILABLE', error: 'Service Unavailable', message: 'a backend this request needs is unavailable; try again shortly' }, `${kind}: body`)
+  }
+  t.ok(logs.some((line) => line.includes('ECONNREFUSED')), 'the cause is in the log')
 })
 
 test('domain errors map to their status, keeping code and message', async (t) => {
