@@ -1,10 +1,11 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import type { AccessTokens } from './access-tokens.js'
-import { UnauthorizedError } from './errors.js'
+import { InvalidInputError, UnauthorizedError } from './errors.js'
 import type { PasswordHasher } from './passwords.js'
 import type { Tokens, User } from './schemas.js'
 import type { RefreshTokenStore } from './stores/refresh-tokens-memory.js'
 import type { UsersStore } from './stores/users-memory.js'
+import { hasLoneSurrogate } from './unicode.js'
 
 export const INVALID_CREDENTIALS = 'INVALID_CREDENTIALS'
 export const INVALID_REFRESH_TOKEN = 'INVALID_REFRESH_TOKEN'
@@ -56,6 +57,8 @@ export function createAuthService ({ users, refreshTokens, passwords, accessToke
 
   return {
     async signup ({ email, password, name }: { email: string, password: string, name: string }): Promise<User> {
+      // Storage would turn it into U+FFFD, and the account would not say what was signed up.
+      if (hasLoneSurrogate(name)) throw new InvalidInputError('VALIDATION_FAILED', 'name must be valid Unicode (it has a lone surrogate)')
       passwords.assertAcceptable(password)
       const passwordHash = await passwords.hash(password)
       return users.create({ email: normalizeEmail(email), name: name.trim(), passwordHash })

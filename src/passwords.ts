@@ -1,5 +1,6 @@
 import bcrypt from 'bcrypt'
 import { InvalidInputError } from './errors.js'
+import { hasLoneSurrogate } from './unicode.js'
 
 /** bcrypt reads at most 72 bytes; anything longer would be silently cut. */
 export const MAX_PASSWORD_BYTES = 72
@@ -11,6 +12,8 @@ export function createPasswordHasher ({ cost }: { cost: number }) {
   const decoyHash = bcrypt.hashSync('switchboard-decoy-password', cost)
 
   function assertAcceptable (password: string): void {
+    // bcrypt hashes UTF-8, where every lone surrogate becomes U+FFFD: different passwords, one hash.
+    if (hasLoneSurrogate(password)) throw new InvalidInputError('VALIDATION_FAILED', 'password must be valid Unicode (it has a lone surrogate)')
     if ([...password].length < MIN_PASSWORD_CHARS) {
       throw new InvalidInputError('PASSWORD_TOO_SHORT', `password must have at least ${MIN_PASSWORD_CHARS} characters`)
     }

@@ -1,4 +1,5 @@
 import type { PublicUser } from './schemas.js'
+import { hasLoneSurrogate } from './unicode.js'
 
 /** The wire protocol of `GET /ws`: parsing what clients send, formatting what they get. */
 
@@ -69,13 +70,10 @@ function fail (code: ProtocolErrorCode, message: string, ref?: string): ParseRes
   return ref === undefined ? { ok: false, code, message } : { ok: false, code, message, ref }
 }
 
-/** A UTF-16 surrogate without its partner: JSON can carry one, UTF-8 (and so storage) cannot. */
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
-
 function parseMessage (to: number | null, text: unknown, ref: string | undefined, maxChars: number): ParseResult {
   if (to === null) return fail('BAD_RECEIVER', 'receiver must be a positive integer user id', ref)
   if (typeof text !== 'string' || text.length === 0) return fail('BAD_FORMAT', 'text must be a non-empty string', ref)
-  if (LONE_SURROGATE.test(text)) return fail('BAD_FORMAT', 'text must be valid Unicode (it has a lone surrogate)', ref)
+  if (hasLoneSurrogate(text)) return fail('BAD_FORMAT', 'text must be valid Unicode (it has a lone surrogate)', ref)
   if (exceedsChars(text, maxChars)) return fail('TOO_LONG', `text is longer than ${maxChars} characters`, ref)
   return { ok: true, frame: ref === undefined ? { type: 'message', to, text } : { type: 'message', to, text, ref } }
 }
@@ -99,7 +97,7 @@ function parseJson (data: string, maxChars: number): ParseResult {
   switch (type) {
     case 'message': {
       const id = frame.id
-      if (id !== undefined && (typeof id !== 'string' || id.length === 0 || id.length > MAX_REF_LENGTH || LONE_SURROGATE.test(id))) {
+      if (id !== undefined && (typeof id !== 'string' || id.length === 0 || id.length > MAX_REF_LENGTH || hasLoneSurrogate(id))) {
         return fail('BAD_FORMAT', `id must be a string of 1 to ${MAX_REF_LENGTH} characters of valid Unicode`)
       }
       return parseMessage(isUserId(frame.to) ? frame.to : null, frame.text, id, maxChars)

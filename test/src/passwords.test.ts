@@ -71,3 +71,11 @@ test('a long password is never truncated to its first 72 bytes', async (t) => {
   t.equal(await passwords.verify(`${password}x`, hash), false)
   t.equal(await passwords.verify(`${password}${EMOJI.repeat(5)}`, hash), false)
 })
+
+test('a password with a lone surrogate is refused: bcrypt would hash it as U+FFFD, like any other', async (t) => {
+  const hasher = createPasswordHasher({ cost: 4 })
+  for (const password of ['abcdefgh\ud800', 'abcdefgh\udfff', '\ude00abcdefgh']) {
+    t.throws(() => hasher.assertAcceptable(password), { name: 'InvalidInputError', code: 'VALIDATION_FAILED' }, JSON.stringify(password))
+  }
+  t.doesNotThrow(() => hasher.assertAcceptable('abcdefgh\u{1F600}'), 'a surrogate pair (an emoji) is fine')
+})
