@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto'
 import fp from 'fastify-plugin'
 import { createBatcher } from '../src/batcher.js'
-import { createChat, type Chat } from '../src/chat.js'
+import { LOCAL_RECENT_WINDOW_MS, createChat, type Chat } from '../src/chat.js'
 import { createLocalCluster, type Cluster } from '../src/cluster.js'
 import { createConnectionRegistry } from '../src/connections.js'
 import { createIdGenerator, MAX_NODE_ID } from '../src/ids.js'
@@ -31,8 +31,6 @@ const CLOSE_WAIT_MS = 3000
 const KNOWN_USERS_CAP = 100_000
 /** A node id lease lasts this long unless renewed, which happens three times as often. */
 const NODE_ID_LEASE_MS = 60_000
-/** Between flushes of a socket's remembered ids; with a bus it covers noticing an outage too. */
-const LOCAL_RECENT_WINDOW_MS = 5000
 
 export default fp(async function poolPlugin (fastify) {
   const config = fastify.switchboardConfig

@@ -91,7 +91,7 @@ function byteLength (data: Buffer | ArrayBuffer | Buffer[]): number {
 const MAX_TIMER_MS = 2_147_483_647
 
 /** Without a bus, a late second copy of a message comes within moments of the first. */
-const LOCAL_RECENT_WINDOW_MS = 5000
+export const LOCAL_RECENT_WINDOW_MS = 5000
 /**
  * With several nodes, messages routed through different nodes may arrive a
  * moment out of id order: a catch-up starts this much before its cursor.
