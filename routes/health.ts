@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
+import { withTimeout } from '../src/timeout.js'
 
 const CHECK_TIMEOUT_MS = 2000
 
@@ -16,17 +17,11 @@ const ReadySchema = Type.Object({
 })
 
 async function probe (check: () => Promise<void>): Promise<'up' | 'down'> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error('timed out')), CHECK_TIMEOUT_MS)
-  })
   try {
-    await Promise.race([check(), timeout])
+    await withTimeout(check(), CHECK_TIMEOUT_MS, 'backend check')
     return 'up'
   } catch {
     return 'down'
-  } finally {
-    clearTimeout(timer)
   }
 }
 

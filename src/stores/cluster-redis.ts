@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis'
 import type { Cluster, ClusterEvents, RoutedMessage } from '../cluster.js'
 import { compareIds, firstIdAt, idTime } from '../ids.js'
 import { decodeMessageFrame, type EncodedMessage } from '../protocol.js'
+import { withTimeout } from '../timeout.js'
 
 /*
  * Nodes sharing one Redis. Keys (all under the prefix):
@@ -237,18 +238,6 @@ function chunks<T> (items: readonly T[], size: number): T[][] {
   const result: T[][] = []
   for (let start = 0; start < items.length; start += size) result.push(items.slice(start, start + size))
   return result
-}
-
-async function withTimeout<T> (work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([work, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
 }
 
 /** Presence and message routing between nodes through Redis; resolves once subscribed and registered. */
