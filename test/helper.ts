@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { createServer, type AddressInfo } from 'node:net'
 import type { JWT } from '@fastify/jwt'
 import Fastify, { type FastifyInstance, type InjectOptions } from 'fastify'
 import { createSigner, createVerifier } from 'fast-jwt'
@@ -42,6 +44,17 @@ export async function listen (t: Test, options: SwitchboardOptions = {}): Promis
   const app = await build(t, options)
   const url = await app.listen({ port: 0, host: '127.0.0.1' })
   return { app, url, wsUrl: url.replace(/^http/, 'ws') }
+}
+
+/** A loopback port nothing listens on right now (for a child process or server of a test's own). */
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  server.close()
+  await once(server, 'close')
+  return port
 }
 
 /** Where the real backends are, or why they are not tested here. */

@@ -1,18 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { createServer } from 'node:net'
 import { Redis } from 'ioredis'
 import { test, type Test } from 'tap'
-import { build, call, createUser, freshDatabase, realBackends, until } from '../helper.js'
-
-async function freePort (): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const address = server.address()
-  server.close()
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
-}
+import { build, call, createUser, freePort, freshDatabase, realBackends, until } from '../helper.js'
 
 /**
  * A redis-server of this test's own, on its own port: stopping it leaves the

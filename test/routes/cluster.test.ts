@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { createServer, type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
@@ -9,7 +8,7 @@ import { test, type Test } from 'tap'
 import type { SwitchboardOptions } from '../../src/app.js'
 import { compareIds } from '../../src/ids.js'
 import {
-  call, connectWs, createUser, listen, realBackendOptions, realBackends, receiveMessages, scanKeys, sendMessages, TEST_JWT_SECRET, until,
+  call, connectWs, createUser, freePort, listen, realBackendOptions, realBackends, receiveMessages, scanKeys, sendMessages, TEST_JWT_SECRET, until,
   type ChatLine, type ServerFrame, type TestUser, type WsClient, type WsConnectOptions
 } from '../helper.js'
 
@@ -392,17 +391,6 @@ test('two nodes', async (t) => {
     t.same(left.filter((key) => /^node:\d+$/.test(key)), [], 'no node id lease')
   })
 })
-
-/** A port nothing listens on right now. */
-async function freePort (): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  server.close()
-  await once(server, 'close')
-  return port
-}
 
 /** The standalone server (src/server.ts) as a child process, run the way this test process runs TypeScript. */
 function spawnServer (t: Test, env: NodeJS.ProcessEnv): { child: ChildProcess, output: () => string } {
