@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { createServer, type AddressInfo } from 'node:net'
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import type { JWT } from '@fastify/jwt'
 import Fastify, { type FastifyInstance, type InjectOptions } from 'fastify'
 import { createSigner, createVerifier } from 'fast-jwt'
@@ -55,6 +55,47 @@ export async function freePort (): Promise<number> {
   server.close()
   await once(server, 'close')
   return port
+}
+
+/**
+ * A TCP relay to a shared backend (`backendUrl`; `url` is the same URL through
+ * the relay) that a test can silence (connections stay, nothing passes), cut
+ * (connections drop, new ones are refused) and restore: the backend goes
+ * away for that test alone, not for everyone else on the machine.
+ */
+export async function tcpRelay (t: Test, backendUrl: string, defaultPort: number): Promise<{ url: string, silence: () => void, cut: () => Promise<void>, restore: () => Promise<void> }> {
+  const target = new URL(backendUrl)
+  const sockets = new Set<Socket>()
+  let server: Server | null = null
+  let port = 0
+  let silent = false
+  async function restore (): Promise<void> {
+    silent = false
+    const listening = createServer((client) => {
+      const upstream = connect(Number(target.port || defaultPort), target.hostname)
+      for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+        sockets.add(from)
+        from.on('data', (data) => { if (!silent) to.write(data) })
+        from.on('close', () => { sockets.delete(from); to.destroy() })
+        from.on('error', () => {})
+      }
+    })
+    server = listening
+    listening.listen(port, '127.0.0.1')
+    await once(listening, 'listening')
+    port = (listening.address() as AddressInfo).port
+  }
+  async function cut (): Promise<void> {
+    const running = server
+    server = null
+    for (const socket of sockets) socket.destroy()
+    if (running !== null) await new Promise((resolve) => running.close(resolve))
+  }
+  await restore()
+  t.teardown(cut)
+  const url = new URL(backendUrl)
+  url.host = `127.0.0.1:${port}`
+  return { url: url.toString(), silence: () => { silent = true }, cut, restore }
 }
 
 /** Where the real backends are, or why they are not tested here. */

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto'
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { Redis, type ChainableCommander } from 'ioredis'
 import { test, type Test } from 'tap'
@@ -7,7 +6,7 @@ import { createLocalCluster, type Cluster, type RoutedMessage } from '../../../s
 import { compareIds, createIdGenerator, firstIdAt } from '../../../src/ids.js'
 import { encodeMessage, type EncodedMessage } from '../../../src/protocol.js'
 import { createRedisCluster } from '../../../src/stores/cluster-redis.js'
-import { freshRedisPrefix, realBackends, scanKeys, until } from '../../helper.js'
+import { freshRedisPrefix, realBackends, scanKeys, tcpRelay, until } from '../../helper.js'
 
 /** What a node's chat was told, in order. */
 type ClusterEvent =
@@ -331,33 +330,6 @@ function failNextTransaction (redis: Redis): Promise<void> {
       }
     })
   })
-}
-
-/**
- * A TCP relay to Redis that can go silent: its connections stay open but nothing gets
- * through either way, a network partition that no error reveals.
- */
-async function silenceableRelay (t: Test, redisUrl: string): Promise<{ url: string, silence: () => void }> {
-  const target = new URL(redisUrl)
-  const sockets = new Set<Socket>()
-  let silent = false
-  const relay = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname)
-    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
-      sockets.add(from)
-      from.on('data', (data) => { if (!silent) to.write(data) })
-      from.on('close', () => to.destroy())
-      from.on('error', () => {})
-    }
-  })
-  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => {
-    for (const socket of sockets) socket.destroy()
-    relay.close()
-  })
-  const url = new URL(redisUrl)
-  url.host = `127.0.0.1:${(relay.address() as AddressInfo).port}`
-  return { url: url.toString(), silence: () => { silent = true } }
 }
 
 test('Redis cluster', async (t) => {
@@ -806,7 +778,7 @@ test('Redis cluster', async (t) => {
 
   t.test('close() finishes when Redis stops answering, with a join still queued, and closes the subscriber', async (t) => {
     const prefix = freshRedisPrefix(t, redisUrl)
-    const relay = await silenceableRelay(t, redisUrl)
+    const relay = await tcpRelay(t, redisUrl, 6379)
     const node = redisNodes(t, relay.url, prefix)
     const cut = await node()
     await cut.cluster.join(1)
