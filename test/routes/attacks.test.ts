@@ -464,6 +464,9 @@ onBothBackends('refresh-token attacks: tampering, reuse, racing refresh against 
     assertError(t, await call<ErrorBody>(app, post('/auth/refresh', { refresh_token: token })), 401, 'INVALID_REFRESH_TOKEN', `refresh with ${what}`)
   }
   assertError(t, await call<ErrorBody>(app, post('/auth/refresh', { refresh_token: 'r'.repeat(60 * 1024) })), 400, 'VALIDATION_FAILED', 'refresh with a 60 KiB token')
+  // An access token is a JWT, never a refresh token: it neither rotates nor ends the session.
+  assertError(t, await call<ErrorBody>(app, post('/auth/refresh', { refresh_token: alice.accessToken })), 401, 'INVALID_REFRESH_TOKEN', 'refresh with the access token')
+  assertError(t, await call<ErrorBody>(app, post('/auth/logout', { refresh_token: alice.accessToken })), 401, 'INVALID_REFRESH_TOKEN', 'logout with the access token')
   const rotated = await call<Tokens>(app, post('/auth/refresh', { refresh_token: real }))
   t.equal(rotated.statusCode, 200, 'the real token still rotates after the probes')
 
