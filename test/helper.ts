@@ -1,3 +1,4 @@
+import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
@@ -55,6 +56,44 @@ export async function freePort (): Promise<number> {
   server.close()
   await once(server, 'close')
   return port
+}
+
+/** The standalone server (src/server.ts) in a child process, run the way this test process runs TypeScript. */
+export interface ServerProcess {
+  child: ChildProcess
+  url: string
+  wsUrl: string
+  /** What the process wrote to stdout and stderr so far. */
+  output: () => string
+  /** Resolves with the exit code (null after a signal) and the signal once the process has ended. */
+  exited: Promise<[code: number | null, signal: NodeJS.Signals | null]>
+}
+
+/** Starts the standalone server on a free port with `env` added to this process's environment, and waits until /ready is 200. */
+export async function startServerProcess (t: Test, env: NodeJS.ProcessEnv): Promise<ServerProcess> {
+  const port = await freePort()
+  const loader = process.execArgv.filter((arg) => arg.includes('@tapjs/typescript'))
+  const child = spawn(process.execPath, [...loader, new URL('../src/server.ts', import.meta.url).pathname], {
+    env: { ...process.env, LOG_LEVEL: 'warn', ...env, PORT: String(port), HOST: '127.0.0.1' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  let output = ''
+  child.stdout?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') }
+  // Also if this process ends without running its teardowns: an orphaned server would keep its port.
+  process.once('exit', kill)
+  t.teardown(() => {
+    process.off('exit', kill)
+    kill()
+  })
+  const url = `http://127.0.0.1:${port}`
+  await until('the server process is ready', async () => {
+    if (child.exitCode !== null) throw new Error(`the server process exited with ${child.exitCode}: ${output}`)
+    return (await fetch(`${url}/ready`).catch(() => null))?.status === 200
+  }, 60_000)
+  return { child, url, wsUrl: url.replace(/^http/, 'ws'), output: () => output, exited }
 }
 
 /**

@@ -1,6 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
@@ -8,7 +6,7 @@ import { test, type Test } from 'tap'
 import type { SwitchboardOptions } from '../../src/app.js'
 import { compareIds } from '../../src/ids.js'
 import {
-  call, connectWs, createUser, freePort, listen, realBackendOptions, realBackends, receiveMessages, scanKeys, sendMessages, TEST_JWT_SECRET, until,
+  call, connectWs, createUser, listen, realBackendOptions, realBackends, receiveMessages, scanKeys, sendMessages, startServerProcess, TEST_JWT_SECRET, until,
   type ChatLine, type ServerFrame, type TestUser, type WsClient, type WsConnectOptions
 } from '../helper.js'
 
@@ -392,50 +390,19 @@ test('two nodes', async (t) => {
   })
 })
 
-/** The standalone server (src/server.ts) as a child process, run the way this test process runs TypeScript. */
-function spawnServer (t: Test, env: NodeJS.ProcessEnv): { child: ChildProcess, output: () => string } {
-  const loader = process.execArgv.filter((arg) => arg.includes('@tapjs/typescript'))
-  const child = spawn(process.execPath, [...loader, new URL('../../src/server.ts', import.meta.url).pathname], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let output = ''
-  child.stdout?.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') }
-  // Also if this process ends without running its teardowns: an orphaned node would keep its port.
-  process.once('exit', kill)
-  t.teardown(() => {
-    process.off('exit', kill)
-    kill()
-  })
-  return { child, output: () => output }
-}
-
 test('a node killed with SIGKILL: another node takes its users offline once its presence expires', async (t) => {
   const backends = realBackends()
   if ('skip' in backends) return t.plan(0, backends.skip)
   const options = await clusterOptions(t, backends)
   const inProcess = await listen(t, options)
-  const port = await freePort()
-  const { child, output } = spawnServer(t, {
-    PORT: String(port),
-    HOST: '127.0.0.1',
+  const killed = await startServerProcess(t, {
     MYSQL_URL: options.mysqlUrl,
     REDIS_URL: backends.redisUrl,
     REDIS_KEY_PREFIX: options.redisKeyPrefix,
     JWT_SECRET: TEST_JWT_SECRET,
     PRESENCE_TTL: String(PRESENCE_TTL),
-    BCRYPT_COST: '4',
-    LOG_LEVEL: 'warn'
+    BCRYPT_COST: '4'
   })
-  const childUrl = `http://127.0.0.1:${port}`
-  const exited = once(child, 'exit')
-  await until('the child node is ready', async () => {
-    if (child.exitCode !== null) throw new Error(`the child node exited with ${child.exitCode}: ${output()}`)
-    return (await fetch(`${childUrl}/ready`).catch(() => null))?.status === 200
-  }, 60_000)
-  const killed = { wsUrl: childUrl.replace(/^http/, 'ws') }
 
   const watcher = await createUser(inProcess.app, 'Watcher')
   const user = await createUser(inProcess.app, 'On the child')
@@ -446,8 +413,8 @@ test('a node killed with SIGKILL: another node takes its users offline once its 
   t.same(await nextPresence(eyes), { userId: user.id, online: true }, 'the watcher on the other node sees them come online')
   t.same((await onlinePage(inProcess, watcher)).users.map(({ id }) => id), [watcher.id, user.id], 'listed online by the in-process node')
 
-  child.kill('SIGKILL')
-  await exited
+  killed.child.kill('SIGKILL')
+  await killed.exited
   // Deadline generous on purpose: the TTL is 2 s; the design promises 30 s at the default TTL.
   await until('the killed node\'s user is off the online list', async () => !(await onlinePage(inProcess, watcher)).users.some(({ id }) => id === user.id), 30_000)
   t.pass('the user is gone from GET /users/online')
