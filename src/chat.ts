@@ -16,7 +16,8 @@ export interface Socket {
   readonly readyState: number
   /** Bytes queued for the peer and not yet handed to the network. */
   readonly bufferedAmount: number
-  send (data: string): void
+  /** `sent` is called once the data is handed to the network, or with an error if it never will be. */
+  send (data: string, sent?: (error?: Error) => void): void
   ping (): void
   close (code: number, reason: string): void
   terminate (): void
@@ -126,6 +127,8 @@ interface SessionControl {
 export function createChat (dependencies: ChatDependencies) {
   const { registry, cluster, userExists, verifyAccessToken, isSessionLive, nextMessageId, saveMessage, messages, limits, observer, onError } = dependencies
   const recentWindowMs = dependencies.recentWindowMs ?? LOCAL_RECENT_WINDOW_MS
+  /** A replay waits for the socket to drain past this, well below the slow-consumer cap. */
+  const replayHighWater = limits.maxBufferedBytes / 2
   /** Per online user: the newest message one of their sockets received (or had acknowledged). */
   const newestReceived = new Map<number, string>()
   /**
@@ -268,6 +271,8 @@ export function createChat (dependencies: ChatDependencies) {
     let expiresAt = identity.expiresAt
     let expiryTimer: NodeJS.Timeout | undefined
     let slowTimer: NodeJS.Timeout | undefined
+    /** Ends a paced replay's wait for the socket to drain. */
+    let drained: (() => void) | null = null
     /** Pings sent since the peer last answered one. */
     let unansweredPings = 0
     /** Set once we or the peer start closing: no frame is handled after that. */
@@ -299,6 +304,29 @@ export function createChat (dependencies: ChatDependencies) {
       received(user.id, message.id)
       if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
       checkBacklog()
+    }
+
+    /**
+     * Writes a message of a replay, no faster than the socket drains: a long
+     * backlog (a week offline) is not a slow consumer. A peer that stops
+     * reading meanwhile stops answering pings too, and is dropped for that.
+     */
+    async function writePaced (message: EncodedMessage, route: DeliveryRoute | null): Promise<void> {
+      if (socket.readyState !== OPEN) return
+      if (socket.bufferedAmount <= replayHighWater) {
+        write(message, route)
+        return
+      }
+      // This frame is handed on once the ones before it are: then the queue is short again.
+      // A socket that ends first may never call back, so its close ends the wait as well.
+      await new Promise<void>((resolve) => {
+        drained = resolve
+        socket.send(format === 'json' ? message.json : message.text, () => resolve())
+        recent.add(message.id)
+        received(user.id, message.id)
+        if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
+      })
+      drained = null
     }
 
     /**
@@ -374,7 +402,7 @@ export function createChat (dependencies: ChatDependencies) {
       for (;;) {
         const page = await messages.since({ userId: user.id, after: cursor, limit: REPLAY_PAGE })
         for (const message of page) {
-          if (!recent.has(message.id)) write(encodeMessage(message), null)
+          if (!recent.has(message.id)) await writePaced(encodeMessage(message), null)
           cursor = message.id
         }
         if (page.length < REPLAY_PAGE || closing) return
@@ -396,9 +424,10 @@ export function createChat (dependencies: ChatDependencies) {
       mode = 'replaying'
       // Other nodes must be routing this user's messages here before the store is read.
       await joined.get(user.id)
-      let from = after
+      let from: string | null = after
       for (;;) {
-        await sendStored(from)
+        if (from !== null) await sendStored(from)
+        from = null
         if (closing) return false
         if (busDown) {
           // What arrived meanwhile is stored: the resync after the outage sends it.
@@ -406,14 +435,18 @@ export function createChat (dependencies: ChatDependencies) {
           mode = 'paused'
           return true
         }
-        if (resyncFrom === null) break
-        from = resyncFrom
-        resyncFrom = null
+        if (resyncFrom !== null) {
+          from = resyncFrom
+          resyncFrom = null
+          continue
+        }
+        if (heldBack.length === 0) break
+        // What arrives while the held-back messages go out is held back too, so the order stays.
+        const arrived = heldBack
+        heldBack = []
+        for (const { message, route } of arrived) if (!recent.has(message.id)) await writePaced(message, route)
       }
-      const arrived = heldBack
-      heldBack = []
       mode = 'live'
-      for (const { message, route } of arrived) if (!recent.has(message.id)) write(message, route)
       recent.holdFrom(null)
       return true
     }
@@ -670,6 +703,7 @@ export function createChat (dependencies: ChatDependencies) {
         if (closed) return
         closed = true
         closing = true
+        drained?.()
         clearTimeout(expiryTimer)
         clearTimeout(slowTimer)
         sessions.delete(control)

@@ -436,3 +436,19 @@ onBothBackends('shutdown while messages are in flight: every acknowledged messag
   t.same(await receiveMessages(back, history.length - live.length), history.slice(live.length), 'the rest on his next connection')
   await assertNothingMore(t, back, 'and nothing twice')
 })
+
+test('a backlog many times WS_MAX_BUFFERED is replayed whole, as fast as the client reads, and is not taken for a slow consumer', async (t) => {
+  const { app, wsUrl } = await listen(t, { wsMaxBuffered: 64 * 1024 })
+  const alice = await createUser(app, 'Alice')
+  const bob = await createUser(app, 'Bob')
+  const a = await online(t, wsUrl, alice)
+  const backlog: ChatLine[] = []
+  // About 9 MiB: more than the kernel's socket buffers take, so the server's own queue grows too.
+  for (let round = 0; round < 60; round++) {
+    backlog.push(...await sendMessages(a, alice.id, Array.from({ length: 50 }, (_, index) => ({ to: bob.id, text: `${round}-${index} ${'y'.repeat(3000)}` }))))
+  }
+  const b = await online(t, wsUrl, bob)
+  t.same(await receiveMessages(b, backlog.length), backlog, `all ${backlog.length} (about 9 MiB against a 64 KiB cap), in order`)
+  const live = await sendMessages(a, alice.id, [{ to: bob.id, text: 'and then live' }])
+  t.same(await receiveMessages(b, 1), live, 'then live, on the same socket')
+})

@@ -29,6 +29,8 @@ interface FakeSocket extends Socket {
   closes: Close[]
   /** Dropped without a handshake. */
   terminated: boolean
+  /** Plays the network taking every queued frame: their send callbacks run, and nothing is buffered. */
+  flush (): void
   /** Resolves once `check` holds for what has been sent so far. */
   until (check: (sent: string[]) => boolean): Promise<string[]>
   /** Resolves once `count` frames have been sent in all. */
@@ -40,6 +42,7 @@ interface FakeSocket extends Socket {
 function fakeSocket (): FakeSocket {
   const waiting: Array<{ check: (sent: string[]) => boolean, resolve: (sent: string[]) => void }> = []
   let onClose: (close: Close) => void = () => {}
+  let unflushed: Array<(error?: Error) => void> = []
   const socket: FakeSocket = {
     readyState: WebSocket.OPEN,
     bufferedAmount: 0,
@@ -49,13 +52,14 @@ function fakeSocket (): FakeSocket {
     closes: [],
     terminated: false,
     closed: new Promise((resolve) => { onClose = resolve }),
-    send (data) {
+    send (data, sent) {
       // As ws: once closing has begun, a frame is dropped, not sent.
       if (socket.readyState !== WebSocket.OPEN) {
         socket.dropped.push(data)
         return
       }
       socket.sent.push(data)
+      if (sent !== undefined) unflushed.push(sent)
       for (const waiter of waiting.filter(({ check }) => check(socket.sent))) {
         waiting.splice(waiting.indexOf(waiter), 1)
         waiter.resolve(socket.sent)
@@ -69,6 +73,12 @@ function fakeSocket (): FakeSocket {
     },
     ping () {
       socket.pings++
+    },
+    flush () {
+      socket.bufferedAmount = 0
+      const callbacks = unflushed
+      unflushed = []
+      for (const callback of callbacks) callback()
     },
     terminate () {
       socket.terminated = true
@@ -1425,4 +1435,34 @@ test('a socket whose unsent frames pass the cap is closed with 1013, dropped if 
   bob.disconnect()
   await idle()
   t.equal(await store.seenThrough(2), null, 'no cursor written on its word')
+})
+
+test('a replay goes no faster than the socket drains: past half the cap it waits for the network; a close ends the wait', async (t) => {
+  const { connect, idle, message } = setup(t)
+  const alice = connect(1)
+  await idle()
+  for (const text of ['one', 'two', 'three']) await message(alice, 2, text)
+
+  const bob = connect(2)
+  // Half the 1 MiB cap and more is queued: what is sent next waits until the network took it.
+  bob.socket.bufferedAmount = 600_000
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['one'], 'one frame handed over, and the replay waits for it to leave')
+  t.strictSame(bob.socket.closes, [], 'a long replay is not a slow consumer')
+  await message(alice, 2, 'live meanwhile')
+  bob.socket.flush()
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['one', 'two', 'three', 'live meanwhile'], 'then the rest, and what came meanwhile after it')
+
+  for (const text of ['a', 'b']) await message(alice, 3, text)
+  const carolAgain = connect(3)
+  carolAgain.socket.bufferedAmount = 600_000
+  await idle()
+  t.strictSame(textsOf(carolAgain.socket), ['a'], 'a replay waiting on the network')
+  carolAgain.disconnect()
+  await idle()
+  const carolLast = connect(3)
+  await idle()
+  // An unfinished catch-up moves no cursor, so the next socket starts again from the stored one.
+  t.strictSame(textsOf(carolLast.socket), ['a', 'b'], 'the wait ends with its socket; the next one catches up in full')
 })
