@@ -9,6 +9,7 @@ import {
 import { createRecentIds } from './recent-ids.js'
 import type { PublicUser } from './schemas.js'
 import type { MessageStore, SaveOutcome, StoredMessage } from './stores/messages-memory.js'
+import { createLimiter } from './limiter.js'
 import { createTokenBucket } from './token-bucket.js'
 
 /** The socket as the chat sees it: the `ws` WebSocket satisfies this. */
@@ -63,6 +64,8 @@ export interface ChatDependencies {
    * copies. With several nodes it must cover a bus outage's detection time.
    */
   recentWindowMs?: number
+  /** How long a replay waits for its socket to drain before dropping it as slow (REPLAY_DRAIN_WAIT_MS). */
+  replayDrainWaitMs?: number
   observer?: ChatObserver
   onError: (error: unknown) => void
 }
@@ -98,8 +101,16 @@ export const LOCAL_RECENT_WINDOW_MS = 5000
  * moment out of id order: a catch-up starts this much before its cursor.
  */
 const CROSS_NODE_SETTLE_MS = 1000
-/** Sockets replaying at once after a bus outage (each reads the store). */
+/** Sockets whose bus-outage checks run at once (each asks the stores). */
 const RESYNC_CONCURRENCY = 32
+/** Store reads of replays at once, node-wide: a reconnect storm does not flood the database. */
+const REPLAY_READS_AT_ONCE = 32
+/**
+ * A replay waits for the socket's queue to drain; one that does not drain in
+ * this long (half of WS_MAX_BUFFERED, 512 KiB by default: under 35 KB/s) is a
+ * slow consumer.
+ */
+const REPLAY_DRAIN_WAIT_MS = 15_000
 
 /** A socket closed for being too slow gets this long to finish the closing handshake. */
 const SLOW_CLOSE_WAIT_MS = 3000
@@ -127,8 +138,10 @@ interface SessionControl {
 export function createChat (dependencies: ChatDependencies) {
   const { registry, cluster, userExists, verifyAccessToken, isSessionLive, nextMessageId, saveMessage, messages, limits, observer, onError } = dependencies
   const recentWindowMs = dependencies.recentWindowMs ?? LOCAL_RECENT_WINDOW_MS
-  /** A replay waits for the socket to drain past this, well below the slow-consumer cap. */
+  /** Past this much queued, a replay waits for the socket to drain: well below the slow-consumer cap. */
   const replayHighWater = limits.maxBufferedBytes / 2
+  const replayReads = createLimiter(REPLAY_READS_AT_ONCE)
+  const replayDrainWaitMs = dependencies.replayDrainWaitMs ?? REPLAY_DRAIN_WAIT_MS
   /** Per online user: the newest message one of their sockets received (or had acknowledged). */
   const newestReceived = new Map<number, string>()
   /**
@@ -245,6 +258,12 @@ export function createChat (dependencies: ChatDependencies) {
     restored (gapFrom) {
       busDown = false
       resyncsRunning++
+      // A socket that could not resync would stay paused: the client reconnects and catches up instead.
+      const failed = (session: SessionControl) => (error: unknown) => {
+        onError(error)
+        session.connection.close(CLOSE_CODES.internalError, 'internal error')
+      }
+      const resyncs: Array<Promise<void>> = []
       forEachSession(async (session) => {
         try {
           // A logout or presence change announced during the outage was missed.
@@ -252,13 +271,13 @@ export function createChat (dependencies: ChatDependencies) {
             session.connection.close(CLOSE_CODES.policy, 'session ended')
             return
           }
-          await Promise.all([session.resync(gapFrom), session.refreshWatch()])
+          // Not awaited here: a replay goes at its client's pace, and its store reads are limited node-wide.
+          resyncs.push(session.resync(gapFrom).catch(failed(session)))
+          await session.refreshWatch()
         } catch (error) {
-          // A socket that could not resync would stay paused: the client reconnects and catches up instead.
-          onError(error)
-          session.connection.close(CLOSE_CODES.internalError, 'internal error')
+          failed(session)(error)
         }
-      }).finally(() => {
+      }).then(() => Promise.all(resyncs)).finally(() => {
         // Only when no resync of any outage is left does the ceiling go.
         if (--resyncsRunning === 0 && !busDown) cursorCeiling = null
       }).catch(onError)
@@ -290,6 +309,8 @@ export function createChat (dependencies: ChatDependencies) {
     let running: Promise<boolean> | null = null
     // Frames are handled strictly in arrival order, even when one must wait on a store.
     let pending: Promise<void> | undefined
+    /** Frames waiting in `pending` to be handled. */
+    let queuedFrames = 0
     /** Watched users and the state last sent for each (null: the first answer is still to come). */
     let watched = new Map<number, boolean | null>()
     let watchGeneration = 0
@@ -308,8 +329,9 @@ export function createChat (dependencies: ChatDependencies) {
 
     /**
      * Writes a message of a replay, no faster than the socket drains: a long
-     * backlog (a week offline) is not a slow consumer. A peer that stops
-     * reading meanwhile stops answering pings too, and is dropped for that.
+     * backlog (a week offline) is not a slow consumer. Past the high-water
+     * mark it waits until this frame, and so all before it, left the queue;
+     * a peer that takes longer than `replayDrainWaitMs` is dropped as slow.
      */
     async function writePaced (message: EncodedMessage, route: DeliveryRoute | null): Promise<void> {
       if (socket.readyState !== OPEN) return
@@ -317,8 +339,8 @@ export function createChat (dependencies: ChatDependencies) {
         write(message, route)
         return
       }
-      // This frame is handed on once the ones before it are: then the queue is short again.
       // A socket that ends first may never call back, so its close ends the wait as well.
+      const timer = setTimeout(dropAsSlow, replayDrainWaitMs)
       await new Promise<void>((resolve) => {
         drained = resolve
         socket.send(format === 'json' ? message.json : message.text, () => resolve())
@@ -326,6 +348,7 @@ export function createChat (dependencies: ChatDependencies) {
         received(user.id, message.id)
         if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
       })
+      clearTimeout(timer)
       drained = null
     }
 
@@ -340,7 +363,11 @@ export function createChat (dependencies: ChatDependencies) {
 
     /** A peer that does not read would make the server hold its frames without end: it is dropped. */
     function checkBacklog (): void {
-      if (closing || socket.bufferedAmount <= limits.maxBufferedBytes) return
+      if (socket.bufferedAmount > limits.maxBufferedBytes) dropAsSlow()
+    }
+
+    function dropAsSlow (): void {
+      if (closing) return
       distrust()
       connection.close(CLOSE_CODES.overloaded, 'too slow: frames are not being read')
       slowTimer = setTimeout(() => connection.terminate(), SLOW_CLOSE_WAIT_MS)
@@ -355,6 +382,8 @@ export function createChat (dependencies: ChatDependencies) {
         if (mode === 'paused') return
         if (mode === 'replaying') {
           heldBack.push({ message, route })
+          // The replay may read it from the store much later (it goes at the client's pace): remember it until then.
+          recent.keepFrom(message.id)
           return
         }
         // Already sent: a replay read it from the store before this live copy came.
@@ -400,7 +429,8 @@ export function createChat (dependencies: ChatDependencies) {
     async function sendStored (after: string): Promise<void> {
       let cursor = after
       for (;;) {
-        const page = await messages.since({ userId: user.id, after: cursor, limit: REPLAY_PAGE })
+        const from = cursor
+        const page = await replayReads.run(() => messages.since({ userId: user.id, after: from, limit: REPLAY_PAGE }))
         for (const message of page) {
           if (!recent.has(message.id)) await writePaced(encodeMessage(message), null)
           cursor = message.id
@@ -429,22 +459,25 @@ export function createChat (dependencies: ChatDependencies) {
         if (from !== null) await sendStored(from)
         from = null
         if (closing) return false
-        if (busDown) {
-          // What arrived meanwhile is stored: the resync after the outage sends it.
-          heldBack = []
-          mode = 'paused'
-          return true
-        }
-        if (resyncFrom !== null) {
+        if (resyncFrom !== null && !busDown) {
           from = resyncFrom
           resyncFrom = null
           continue
         }
-        if (heldBack.length === 0) break
-        // What arrives while the held-back messages go out is held back too, so the order stays.
-        const arrived = heldBack
-        heldBack = []
-        for (const { message, route } of arrived) if (!recent.has(message.id)) await writePaced(message, route)
+        if (heldBack.length > 0) {
+          // What arrives while the held-back messages go out is held back too, so the order stays.
+          // Also with the bus down: they may be older than the gap the resync will replay.
+          const arrived = heldBack
+          heldBack = []
+          for (const { message, route } of arrived) if (!recent.has(message.id)) await writePaced(message, route)
+          continue
+        }
+        if (busDown) {
+          // What comes from now on is stored: the resync after the outage sends it.
+          mode = 'paused'
+          return true
+        }
+        break
       }
       mode = 'live'
       recent.holdFrom(null)
@@ -682,7 +715,16 @@ export function createChat (dependencies: ChatDependencies) {
           ? data.toString('utf8')
           : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data).toString('utf8')
         if (pending !== undefined) {
-          settle(pending.then(() => process(text)))
+          // Frames wait behind a catch-up that goes at the client's pace: so many, and no more.
+          if (queuedFrames >= limits.messageBurst) {
+            sendError({ code: 'RATE_LIMITED', message: 'too many frames waiting to be handled; slow down' })
+            return
+          }
+          queuedFrames++
+          settle(pending.then(() => {
+            queuedFrames--
+            return process(text)
+          }))
           return
         }
         try {

@@ -46,6 +46,11 @@ export function createRecentIds ({ windowMs, clock = Date.now }: { windowMs: num
       floor = id
     },
 
+    /** Keeps every id from `id` on as well: lowers the floor, never raises it. */
+    keepFrom (id: string): void {
+      if (floor === null || compareIds(id, floor) < 0) floor = id
+    },
+
     get size (): number {
       return ids.size
     }

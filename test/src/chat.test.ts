@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { WebSocket } from 'ws'
 import { createAccessTokens, type AccessTokenIdentity } from '../../src/access-tokens.js'
@@ -162,6 +163,8 @@ interface SetupOptions {
   isSessionLive?: ChatDependencies['isSessionLive']
   messageRate?: number
   messageBurst?: number
+  recentWindowMs?: number
+  replayDrainWaitMs?: number
   /** The store behind the default `saveMessage` and `messages`. */
   store?: MessageStore
   /** Replaces the group-committing save into `store`. */
@@ -204,6 +207,8 @@ function setup (t: Test, options: SetupOptions = {}) {
     messages: options.messages ?? store,
     limits: { messageMaxChars: 4000, messageRate, messageBurst, maxFrameBytes: 65_536, maxBufferedBytes: 1_048_576 },
     ...(options.observer === undefined ? {} : { observer: options.observer }),
+    ...(options.recentWindowMs === undefined ? {} : { recentWindowMs: options.recentWindowMs }),
+    ...(options.replayDrainWaitMs === undefined ? {} : { replayDrainWaitMs: options.replayDrainWaitMs }),
     onError: (error) => { errors.push(error) }
   })
 
@@ -1465,4 +1470,90 @@ test('a replay goes no faster than the socket drains: past half the cap it waits
   await idle()
   // An unfinished catch-up moves no cursor, so the next socket starts again from the stored one.
   t.strictSame(textsOf(carolLast.socket), ['a', 'b'], 'the wait ends with its socket; the next one catches up in full')
+})
+
+test('a live message that arrives during a paced replay longer than the recent-ids window is sent once', async (t) => {
+  const { connect, idle, message } = setup(t, { recentWindowMs: 50 })
+  const alice = connect(1)
+  await idle()
+  // One store page and one more: the second page is read after the live message was stored.
+  const backlog = Array.from({ length: 501 }, (_, index) => `backlog ${index}`)
+  for (const text of backlog) await message(alice, 2, text)
+  const bob = connect(2)
+  bob.socket.bufferedAmount = 600_000
+  await idle()
+  await message(alice, 2, 'live meanwhile')
+  // Longer than the window: the replay meets the live message in the store only now.
+  await sleep(120)
+  bob.socket.flush()
+  await idle()
+  t.strictSame(textsOf(bob.socket), [...backlog, 'live meanwhile'], 'each once, in order')
+})
+
+test('a bus outage during a paced replay loses nothing that was held back', async (t) => {
+  const steered = steeredCluster()
+  const { connect, idle, message } = setup(t, { cluster: steered.cluster })
+  const alice = connect(1)
+  await idle()
+  await message(alice, 2, 'stored')
+  const bob = connect(2)
+  bob.socket.bufferedAmount = 600_000
+  await idle()
+  const heldId = await message(alice, 2, 'held back')
+  // The gap starts after the held-back message: the resync will not replay it.
+  steered.events.interrupted(firstIdAt(idTime(heldId) + 1))
+  bob.socket.flush()
+  await idle()
+  steered.events.restored(firstIdAt(idTime(heldId) + 1))
+  await idle()
+  t.strictSame(textsOf(bob.socket), ['stored', 'held back'])
+})
+
+test('after a bus outage, sockets whose replays wait on slow clients do not hold up the others', async (t) => {
+  const steered = steeredCluster()
+  const { connect, idle, message } = setup(t, { cluster: steered.cluster })
+  const alice = connect(1)
+  const slow = Array.from({ length: 40 }, (_, index) => connect(100 + index))
+  const healthy = connect(2)
+  await idle()
+  const gapFrom = firstIdAt(Date.now() - 1000)
+  steered.events.interrupted(gapFrom)
+  for (const [index] of slow.entries()) await message(alice, 100 + index, `for slow ${index}`)
+  await message(alice, 100, 'a second one')
+  await message(alice, 2, 'for healthy')
+  for (const client of slow) client.socket.bufferedAmount = 600_000
+  steered.events.restored(gapFrom)
+  await healthy.socket.until(() => textsOf(healthy.socket).length > 0)
+  t.strictSame(textsOf(healthy.socket), ['for healthy'], 'the healthy socket is resynced while 40 others wait on their clients')
+})
+
+test('a replay whose client does not drain in time is dropped as slow (1013), and trusted with no cursor', async (t) => {
+  const { connect, idle, message, store } = setup(t, { replayDrainWaitMs: 50 })
+  const alice = connect(1)
+  await idle()
+  for (const text of ['one', 'two']) await message(alice, 2, text)
+  const bob = connect(2)
+  bob.socket.bufferedAmount = 600_000
+  await bob.socket.closed
+  t.match(bob.socket.closes, [{ code: 1013 }])
+  bob.disconnect()
+  await idle()
+  t.equal(await store.seenThrough(2), null, 'no cursor written on its word')
+})
+
+test('frames that wait behind a paced catch-up are capped at the burst; past it they are RATE_LIMITED', async (t) => {
+  const { connect, idle, message } = setup(t, { messageBurst: 5 })
+  const alice = connect(1)
+  await idle()
+  await message(alice, 2, 'backlog')
+  const bob = connect(2)
+  bob.socket.bufferedAmount = 600_000
+  await idle()
+  for (let index = 0; index < 7; index++) bob.send({ type: 'ping' })
+  await idle()
+  t.strictSame(frames(bob.socket).filter((frame) => frame.type !== 'message').map((frame) => frame.code ?? frame.type), ['RATE_LIMITED', 'RATE_LIMITED'],
+    'five wait; the sixth and seventh are refused at once')
+  bob.socket.flush()
+  await idle()
+  t.equal(frames(bob.socket).filter((frame) => frame.type === 'pong').length, 5, 'the five are answered once the catch-up is done')
 })

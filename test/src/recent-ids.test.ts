@@ -40,3 +40,20 @@ test('a floor keeps ids from it on, however old, until released', async (t) => {
   for (let i = 0; i < 64; i++) recent.add(idAt(now, i + 100))
   t.equal(recent.has(kept), false, 'forgotten once released')
 })
+
+test('keepFrom lowers the floor and never raises it', async (t) => {
+  let now = Date.UTC(2026, 0, 1)
+  const recent = createRecentIds({ windowMs: 1000, clock: () => now })
+  const older = idAt(now - 500)
+  const newer = idAt(now)
+  recent.keepFrom(newer)
+  recent.keepFrom(older)
+  recent.keepFrom(newer)
+  recent.add(older)
+  now += 10_000
+  for (let i = 0; i < 64; i++) recent.add(idAt(now, i + 2))
+  t.equal(recent.has(older), true, 'held from the lower of the two')
+  recent.holdFrom(null)
+  for (let i = 0; i < 64; i++) recent.add(idAt(now, i + 100))
+  t.equal(recent.has(older), false, 'released with the floor')
+})
