@@ -5,6 +5,7 @@ import { loggable } from '../src/errors.js'
 import { createMemoryMessageStore, REF_WINDOW_MS, type MessageStore } from '../src/stores/messages-memory.js'
 import { createMysqlMessageStore } from '../src/stores/messages-mysql.js'
 import { migrate } from '../src/stores/migrate.js'
+import { withStatementDeadline } from '../src/stores/mysql-deadline.js'
 import { createMemoryUsersStore, type UsersStore } from '../src/stores/users-memory.js'
 import { createMysqlUsersStore } from '../src/stores/users-mysql.js'
 
@@ -27,6 +28,9 @@ export interface DbPluginOptions {
   pool?: Pool
 }
 
+/** A statement (or a new connection) without an answer in this long fails: a silent server is a 503, not a hang. */
+const STATEMENT_DEADLINE_MS = 1500
+
 /** How often refs past the resend window are cleared. */
 const FORGET_REFS_EVERY_MS = 60_000
 
@@ -44,8 +48,10 @@ export default fp<DbPluginOptions>(async function dbPlugin (fastify, { pool: hos
       timezone: 'Z',
       charset: 'utf8mb4_unicode_ci',
       connectionLimit: 10,
+      // Requests waiting for a connection past this fail at once (503) instead of piling up.
+      queueLimit: 1000,
       // With MySQL down, a request fails (503) within this, rather than waiting for the OS to give up.
-      connectTimeout: 1500
+      connectTimeout: STATEMENT_DEADLINE_MS
     })
     // Named, so a host app's own @fastify/mysql stays untouched.
     pool = (fastify as unknown as { mysql: Record<string, MySQLPromisePool> }).mysql.switchboard?.pool
@@ -62,7 +68,7 @@ export default fp<DbPluginOptions>(async function dbPlugin (fastify, { pool: hos
   } else {
     const result = await migrate(pool)
     if (result.applied.length > 0) fastify.log.info({ applied: result.applied }, 'database migrations applied')
-    const connected = pool
+    const connected = withStatementDeadline(pool, STATEMENT_DEADLINE_MS)
     database = {
       backend: 'mysql',
       users: createMysqlUsersStore(connected),

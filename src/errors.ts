@@ -38,7 +38,7 @@ export class ConfigError extends Error {
 
 /** Network errors of a backend that cannot be reached (or answers too late), as the drivers name them. */
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE', 'PROTOCOL_CONNECTION_LOST', 'PROTOCOL_SEQUENCE_TIMEOUT'])
-const UNREACHABLE_MESSAGES = /^(Command timed out|Connection is closed|Stream isn't writeable|Reached the max retries per request limit)/
+const UNREACHABLE_MESSAGES = /^(Command timed out|Connection is closed|Stream isn't writeable|Reached the max retries per request limit|Queue limit reached)/
 
 /**
  * Whether an error says that MySQL or Redis could not be reached, rather

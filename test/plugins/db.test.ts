@@ -24,3 +24,39 @@ test('with MySQL unreachable, what needs it answers 503 and it recovers by itsel
   await until('the app reaches the database again', async () => (await call(app, me)).statusCode === 200, 20_000)
   t.pass('requests work again, with nothing restarted')
 })
+
+/** Milliseconds `work` took. */
+async function timed<T> (work: () => Promise<T>): Promise<{ result: T, ms: number }> {
+  const started = performance.now()
+  const result = await work()
+  return { result, ms: performance.now() - started }
+}
+
+test('with MySQL silent (connections open, no answers), requests answer 503 after the 1.5 s deadline, not after TCP gives up', async (t) => {
+  const backends = realBackends()
+  if ('skip' in backends) return t.plan(0, backends.skip)
+  const relay = await tcpRelay(t, await freshDatabase(t, backends.mysqlUrl), 3306)
+  const app = await build(t, { mysqlUrl: relay.url })
+  const alice = await createUser(app, 'Alice')
+  const me = { method: 'GET' as const, url: '/users/me', headers: { authorization: `Bearer ${alice.accessToken}` } }
+  t.equal((await call(app, me)).statusCode, 200)
+
+  relay.silence()
+  // The bound says "a deadline, not a hang" (which would be minutes); it is loose for a busy machine.
+  for (const [what, request] of [
+    ['/users/me', me],
+    ['login', { method: 'POST' as const, url: '/auth/login', payload: { email: alice.email, password: alice.password } }]
+  ] as const) {
+    const { result, ms } = await timed(() => call(app, request))
+    t.equal(result.statusCode, 503, `${what}: 503`)
+    t.ok(ms < 4000, `${what}: answered after ${Math.round(ms)} ms`)
+  }
+  const ready = await timed(() => call<{ database: { status: string } }>(app, { method: 'GET', url: '/ready' }))
+  t.equal(ready.result.body.database.status, 'down', `/ready tells, after ${Math.round(ready.ms)} ms`)
+
+  // The network heals: the silent connections are dropped, new ones get through.
+  await relay.cut()
+  await relay.restore()
+  await until('the app reaches the database again', async () => (await call(app, me)).statusCode === 200, 20_000)
+  t.pass('requests work again, with nothing restarted')
+})

@@ -45,7 +45,9 @@ async function tinyApp (t: Test): Promise<{ app: FastifyInstance, logs: string[]
     lost: Object.assign(new Error(SECRET), { code: 'PROTOCOL_CONNECTION_LOST' }),
     offline: new Error("Stream isn't writeable and enableOfflineQueue options is false"),
     timeout: new Error('Command timed out'),
-    retries: Object.assign(new Error('Reached the max retries per request limit (which is 20).'), { name: 'MaxRetriesPerRequestError' })
+    retries: Object.assign(new Error('Reached the max retries per request limit (which is 20).'), { name: 'MaxRetriesPerRequestError' }),
+    queue: new Error('Queue limit reached.'),
+    deadline: Object.assign(new Error('MySQL statement timed out after 1500 ms'), { code: 'ETIMEDOUT' })
   }
   app.get('/unreachable/:kind', async (request) => {
     const error = unreachable[(request.params as { kind: string }).kind]
@@ -103,7 +105,7 @@ test('a 503 says only that a backend is unavailable', async (t) => {
 
 test('a backend the drivers cannot reach is a 503 that says only that', async (t) => {
   const { app, logs } = await tinyApp(t)
-  for (const kind of ['refused', 'lost', 'offline', 'timeout', 'retries']) {
+  for (const kind of ['refused', 'lost', 'offline', 'timeout', 'retries', 'queue', 'deadline']) {
     const { statusCode, body } = await call<ErrorBody>(app, { method: 'GET', url: `/unreachable/${kind}` })
     t.equal(statusCode, 503, kind)
     t.same(body, { statusCode: 503, code: 'SERVICE_UNAVAILABLE', error: 'Service Unavailable', message: 'a backend this request needs is unavailable; try again shortly' }, `${kind}: body`)

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { Redis } from 'ioredis'
 import { test, type Test } from 'tap'
-import { build, call, createUser, freePort, freshDatabase, realBackends, until } from '../helper.js'
+import { build, call, createUser, freePort, freshDatabase, freshRedisPrefix, realBackends, tcpRelay, until } from '../helper.js'
 
 /**
  * A redis-server of this test's own, on its own port: stopping it leaves the
@@ -51,6 +51,33 @@ test('with Redis down, what needs it answers 503 at once and nothing fails open;
   t.equal((await call(app, { method: 'GET', url: '/health' })).statusCode, 200, 'the process itself is fine')
 
   await redis.start()
+  await until('the app finds Redis again', async () => (await call(app, { method: 'GET', url: '/ready' })).statusCode === 200, 20_000)
+  const again = await call(app, { method: 'POST', url: '/auth/login', payload: { email: alice.email, password: alice.password } })
+  t.equal(again.statusCode, 200, 'logins work again, with nothing restarted')
+})
+
+test('with Redis silent (connections open, no answers), requests answer 503 after the 1.5 s command timeout, not after TCP gives up', async (t) => {
+  const backends = realBackends()
+  if ('skip' in backends) return t.plan(0, backends.skip)
+  const relay = await tcpRelay(t, backends.redisUrl, 6379)
+  const app = await build(t, { mysqlUrl: await freshDatabase(t, backends.mysqlUrl), redisUrl: relay.url, redisKeyPrefix: freshRedisPrefix(t, backends.redisUrl) })
+  const alice = await createUser(app, 'Alice')
+
+  relay.silence()
+  // The bound says "a timeout, not a hang"; it is loose for a busy machine.
+  for (const [what, request] of [
+    ['login', { method: 'POST' as const, url: '/auth/login', payload: { email: alice.email, password: alice.password } }],
+    ['refresh', { method: 'POST' as const, url: '/auth/refresh', payload: { refresh_token: alice.refreshToken } }]
+  ] as const) {
+    const started = performance.now()
+    const response = await call(app, request)
+    const ms = Math.round(performance.now() - started)
+    t.equal(response.statusCode, 503, `${what}: 503`)
+    t.ok(ms < 4000, `${what}: answered after ${ms} ms`)
+  }
+
+  await relay.cut()
+  await relay.restore()
   await until('the app finds Redis again', async () => (await call(app, { method: 'GET', url: '/ready' })).statusCode === 200, 20_000)
   const again = await call(app, { method: 'POST', url: '/auth/login', payload: { email: alice.email, password: alice.password } })
   t.equal(again.statusCode, 200, 'logins work again, with nothing restarted')
