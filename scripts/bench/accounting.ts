@@ -86,7 +86,10 @@ export interface DeliveryTally {
   sent: number
   /** First arrivals. */
   unique: number
+  /** Never arrived. */
   lost: number
+  /** Arrived, but only after the drain time that followed the last send. */
+  late: number
   duplicated: number
   reordered: number
   /** Arrivals from a step that had already been counted. */
@@ -100,7 +103,7 @@ export interface DeliveryTally {
 }
 
 export function emptyTally (): DeliveryTally {
-  return { sent: 0, unique: 0, lost: 0, duplicated: 0, reordered: 0, stale: 0, errors: 0, unexpected: 0, closed: 0 }
+  return { sent: 0, unique: 0, lost: 0, late: 0, duplicated: 0, reordered: 0, stale: 0, errors: 0, unexpected: 0, closed: 0 }
 }
 
 export function addTallies (a: DeliveryTally, b: DeliveryTally): DeliveryTally {
@@ -108,6 +111,7 @@ export function addTallies (a: DeliveryTally, b: DeliveryTally): DeliveryTally {
     sent: a.sent + b.sent,
     unique: a.unique + b.unique,
     lost: a.lost + b.lost,
+    late: a.late + b.late,
     duplicated: a.duplicated + b.duplicated,
     reordered: a.reordered + b.reordered,
     stale: a.stale + b.stale,
@@ -117,7 +121,7 @@ export function addTallies (a: DeliveryTally, b: DeliveryTally): DeliveryTally {
   }
 }
 
-/** Nothing lost, doubled, reordered, refused or cut off. */
+/** Nothing lost, doubled, reordered, refused or cut off (late is no failure here: the rate check sees it). */
 export function isClean (tally: DeliveryTally): boolean {
   return tally.lost === 0 && tally.duplicated === 0 && tally.reordered === 0 &&
     tally.errors === 0 && tally.unexpected === 0 && tally.closed === 0

@@ -47,6 +47,8 @@ let sendLag: Histogram = latencyHistogram()
 let windowStart = 0
 let windowEnd = 0
 let lastFrameAt = nowMicros()
+/** The last step sent, until the next one starts: its arrivals are still counted. */
+let finished: { step: number, senders: Peer[], total: number, sentInWindow: number, arrivedAtDrain: number } | null = null
 
 function reply (message: GeneratorReply): void {
   process.send?.(message)
@@ -173,6 +175,7 @@ async function connect ({ dialect, urls, users, concurrency }: ConnectCommand): 
 
 async function run (command: RunCommand): Promise<void> {
   const senders = [...peers.values()].filter((peer) => peer.partner !== null && peer.ready)
+  finished = null
   step = command.step
   tally = emptyTally()
   acks = 0
@@ -218,9 +221,27 @@ async function run (command: RunCommand): Promise<void> {
   const arrived = (): number => senders.reduce((count, peer) => count + peer.arrivals.unique, 0)
   const deadline = nowMicros() + command.drainMs * 1000
   while (arrived() < total && nowMicros() < deadline) await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS))
-  await new Promise((resolve) => setTimeout(resolve, command.graceMs))
+  let sentInWindow = 0
+  for (let index = 0; index < total; index++) {
+    const intended = startMicros + index * intervalMicros
+    if (intended >= windowStart && intended < windowEnd) sentInWindow++
+  }
+  finished = { step: command.step, senders, total, sentInWindow, arrivedAtDrain: arrived() }
+  reply({ type: 'drained', step: command.step, unarrived: total - finished.arrivedAtDrain })
+}
 
+/**
+ * The step's final counts, asked for once arrivals have stopped: a message
+ * that came after the drain counts as late, and only one that never came as lost.
+ */
+function settle (): void {
+  if (finished === null) throw new Error('settle before any run')
+  const { senders, total, sentInWindow, arrivedAtDrain } = finished
   tally.sent = total
+  tally.unique = 0
+  tally.lost = 0
+  tally.duplicated = 0
+  tally.reordered = 0
   for (const peer of senders) {
     // What this peer received, against what its partner sent it.
     const partner = peer.partner as Peer
@@ -229,14 +250,10 @@ async function run (command: RunCommand): Promise<void> {
     tally.duplicated += peer.arrivals.duplicated
     tally.reordered += peer.arrivals.reordered
   }
-  let sentInWindow = 0
-  for (let index = 0; index < total; index++) {
-    const intended = startMicros + index * intervalMicros
-    if (intended >= windowStart && intended < windowEnd) sentInWindow++
-  }
+  tally.late = tally.unique - arrivedAtDrain
   reply({
     type: 'result',
-    step: command.step,
+    step: finished.step,
     tally,
     deliveredInWindow,
     sentInWindow,
@@ -273,6 +290,9 @@ function handle (command: GeneratorCommand): Promise<void> {
     case 'run': return run(command)
     case 'quiet':
       reply({ type: 'quiet', idleMs: (nowMicros() - lastFrameAt) / 1000 })
+      return Promise.resolve()
+    case 'settle':
+      settle()
       return Promise.resolve()
     case 'close': return closeAll()
   }

@@ -67,10 +67,13 @@ export interface RunCommand {
   startMicros: number
   warmupMs: number
   measureMs: number
-  /** How long after the last send the arrivals may trail before the rest counts as lost. */
+  /** How long after the last send the arrivals may trail before the rest counts as late. */
   drainMs: number
-  /** After everything arrived, how long a second copy has to show up. */
-  graceMs: number
+}
+
+/** Answered with the last step's final counts (RunReply), once arrivals have stopped. */
+export interface SettleCommand {
+  type: 'settle'
 }
 
 /** Answered with the time since the last frame arrived, so the parent can wait for a backlog to clear. */
@@ -82,7 +85,7 @@ export interface CloseCommand {
   type: 'close'
 }
 
-export type GeneratorCommand = ConnectCommand | RunCommand | QuietCommand | CloseCommand
+export type GeneratorCommand = ConnectCommand | RunCommand | SettleCommand | QuietCommand | CloseCommand
 
 // Generator -> parent.
 
@@ -93,6 +96,14 @@ export interface ConnectedReply {
   firstError: string | null
   startedMicros: number
   endedMicros: number
+}
+
+/** The step's messages are all sent, and all arrived or the drain time is over. */
+export interface DrainedReply {
+  type: 'drained'
+  step: number
+  /** Messages not arrived yet. */
+  unarrived: number
 }
 
 export interface RunReply {
@@ -119,7 +130,7 @@ export interface ClosedReply {
   type: 'closed'
 }
 
-export type GeneratorReply = ConnectedReply | RunReply | QuietReply | ClosedReply
+export type GeneratorReply = ConnectedReply | DrainedReply | RunReply | QuietReply | ClosedReply
 
 /** `process.hrtime` in microseconds: one clock for every process on the machine. */
 export function nowMicros (): number {

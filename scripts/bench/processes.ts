@@ -5,7 +5,7 @@
  */
 import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process'
 import { once } from 'node:events'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 
 const running = new Set<ChildProcess>()
 
@@ -112,5 +112,21 @@ export function machineBusyMicros (): number | null {
     return (user + nice + system + irq + softirq + steal) * 1e6 / TICKS_PER_SECOND
   } catch {
     return null
+  }
+}
+
+/** Processes of the machine whose command name is one of `names` (the shared MariaDB and Redis servers, say). */
+export function pidsNamed (names: readonly string[]): number[] {
+  try {
+    return readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).flatMap((entry) => {
+      try {
+        return names.includes(readFileSync(`/proc/${entry}/comm`, 'utf8').trim()) ? [Number(entry)] : []
+      } catch {
+        // It ended meanwhile.
+        return []
+      }
+    })
+  } catch {
+    return []
   }
 }

@@ -27,10 +27,12 @@ export interface StepResult {
   /** Cores busy over the window (null where /proc cannot tell). */
   serverCores: number | null
   generatorCores: number | null
+  /** The machine's MariaDB and Redis servers. */
+  backendCores: number | null
   /**
-   * Busy cores of the machine besides the server and the generators: the
-   * kernel's share of loopback traffic, MariaDB and Redis where they are
-   * used, and anything else that ran meanwhile (which spoils the step).
+   * Busy cores of the machine besides the server, the generators, MariaDB
+   * and Redis: the parent, kernel threads, and anything else that ran
+   * meanwhile, which competes with what is measured.
    */
   otherCores: number | null
   /** The (first) server's JS heap after the step, without a forced GC, in bytes. */
@@ -94,6 +96,9 @@ export interface RunResults {
   p99LimitMs: number
   elapsedSeconds: number
 }
+
+/** Cores used by other processes past which a step is marked as disturbed. */
+export const FOREIGN_LOAD_CORES = 0.15
 
 type Cell = number | null | undefined
 
@@ -235,20 +240,22 @@ function targetLines (results: RunResults): string[] {
 
 export function stepHeader (): string[] {
   return [
-    '| setup | rate (msgs/s) | delivered/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | lost | dup | reord | err | server cores | generator cores | other cores | send lag p99 (ms) | CPU/msg (µs) | server heap (MiB) | capacity | sustainable | note |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
+    '| setup | rate (msgs/s) | delivered/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | lost | dup | reord | err | server cores | generator cores | MariaDB + Redis cores | other cores | send lag p99 (ms) | CPU/msg (µs) | server heap (MiB) | capacity | sustainable | note |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
   ]
 }
 
 export function stepLine (step: StepResult): string {
   const notes: string[] = []
   if (step.generatorBusier) notes.push('generator busier than server')
+  if ((step.otherCores ?? 0) > FOREIGN_LOAD_CORES) notes.push('other work on the machine')
   if (!step.keptUp) notes.push('fell behind')
   if (step.tally.closed > 0) notes.push(`${step.tally.closed} sockets closed`)
   if (step.tally.unexpected > 0) notes.push(`${step.tally.unexpected} unexpected frames`)
+  if (step.tally.late > 0) notes.push(`${step.tally.late} arrived after the drain time`)
   if (step.tally.stale > 0) notes.push(`${step.tally.stale} late from an earlier step`)
   return `| ${step.setup} | ${integer(step.rate)} | ${integer(step.deliveredPerSecond)} | ${ms(step.latency.p50)} | ${ms(step.latency.p99)} | ${ms(step.latency.p999)} | ${ms(step.latency.max)} | ` +
-    `${step.tally.lost} | ${step.tally.duplicated} | ${step.tally.reordered} | ${step.tally.errors} | ${decimal(step.serverCores)} | ${decimal(step.generatorCores)} | ${decimal(step.otherCores)} | ` +
+    `${step.tally.lost} | ${step.tally.duplicated} | ${step.tally.reordered} | ${step.tally.errors} | ${decimal(step.serverCores)} | ${decimal(step.generatorCores)} | ${decimal(step.backendCores)} | ${decimal(step.otherCores)} | ` +
     `${ms(step.sendLag.p99)} | ${decimal(step.cpuPerMessageMicros, 1)} | ${integer(step.serverHeapUsed / 2 ** 20)} | ${step.capacityPass ? 'pass' : 'fail'} | ${step.sustainable ? 'pass' : 'fail'} | ${notes.join('; ')} |`
 }
 
@@ -281,6 +288,7 @@ export function renderReport (results: RunResults): string {
   const { machine } = results
   const steps = allSteps(results)
   const busier = steps.filter((step) => step.generatorBusier)
+  const disturbed = steps.filter((step) => (step.otherCores ?? 0) > FOREIGN_LOAD_CORES)
   const skipped = [['MariaDB', results.mysql], ['two nodes', results.cluster]].filter(([, value]) => typeof value === 'string') as Array<[string, string]>
   return [
     '# Switchboard side by side with a bare ws server and Socket.IO',
@@ -306,6 +314,9 @@ export function renderReport (results: RunResults): string {
     busier.length === 0
       ? 'In no step did the generators use more CPU than the server.'
       : `In ${busier.length} of ${steps.length} steps the generators used more CPU than the server (flagged below): there the figure may be the generator's limit, not the server's.`,
+    disturbed.length === 0
+      ? 'No step saw other work on the machine.'
+      : `${disturbed.length} of ${steps.length} steps saw other work on the machine (over ${FOREIGN_LOAD_CORES} cores besides the servers, generators, MariaDB and Redis; flagged below): their figures are less certain.`,
     '',
     ...stepHeader(),
     ...steps.map(stepLine),

@@ -5,7 +5,14 @@
  *   npm run bench                       # full run, under ten minutes
  *   npm run bench -- --quick            # about a minute
  *   npm run bench -- --servers switchboard,ws --scenarios memory,throughput
+ *   npm run bench -- --servers switchboard --scenarios throughput --rates 8000,8000,8000
  *   MYSQL_URL=mysql://root@127.0.0.1:3306/test REDIS_URL=redis://127.0.0.1:6379/0 npm run bench
+ *
+ * Options: --quick; --servers and --scenarios (comma lists, below);
+ * --rates (measure these rates in order instead of searching);
+ * --generators (processes, default 2); --cpu-prof (a CPU profile of every
+ * child in scripts/bench/results/profiles/); --server-flags="--trace-gc"
+ * (more Node flags for the servers; their output goes to their logs).
  *
  * Each server runs as its own process pinned to core 0 (taskset), the
  * generators to core 1. Scenarios:
@@ -34,10 +41,10 @@ import mysql from 'mysql2/promise'
 import { addTallies, emptyTally, isClean } from './accounting.js'
 import { mergeHistograms, summarize } from './histograms.js'
 import {
-  nowMicros, type BenchUser, type ConnectedReply, type Dialect, type GeneratorUser,
+  nowMicros, type BenchUser, type ConnectedReply, type Dialect, type DrainedReply, type GeneratorUser,
   type QuietReply, type RunReply, type ServerMemory, type ServerReady
 } from './ipc.js'
-import { cpuMicros, killAll, machineBusyMicros, nextMessage, request, startPinned, stop } from './processes.js'
+import { cpuMicros, killAll, machineBusyMicros, nextMessage, pidsNamed, request, startPinned, stop } from './processes.js'
 import {
   renderReport, SERVER_LABELS, stepHeader, stepLine,
   type IdleResult, type MemoryPoint, type RunResults, type ServerKind, type StepResult, type ThroughputResult
@@ -88,7 +95,6 @@ interface Profile {
   warmupMs: number
   measureMs: number
   drainMs: number
-  graceMs: number
   /** The measured window of the half-max step. */
   halfMeasureMs: number
   startRate: number
@@ -106,7 +112,6 @@ const FULL: Profile = {
   warmupMs: 1000,
   measureMs: 3000,
   drainMs: 2000,
-  graceMs: 200,
   halfMeasureMs: 8000,
   startRate: 4000,
   factor: 2,
@@ -122,7 +127,6 @@ const QUICK: Profile = {
   warmupMs: 300,
   measureMs: 1000,
   drainMs: 500,
-  graceMs: 100,
   halfMeasureMs: 1500,
   startRate: 5000,
   factor: 2,
@@ -138,9 +142,13 @@ interface Options {
   scenarios: Set<Scenario>
   generators: number
   profile: Profile
+  /** Measure these rates, in this order, instead of searching. */
+  rates: number[] | null
   command: string
   /** Node flags for every child: --cpu-prof writes each one's CPU profile to scripts/bench/results/profiles/. */
   childFlags: string[]
+  /** More Node flags for the servers only (--trace-gc, say: it goes to their logs). */
+  serverFlags: string[]
 }
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
@@ -163,9 +171,13 @@ function parseOptions (argv: string[]): Options {
       servers: { type: 'string', default: SERVER_KINDS.join(',') },
       scenarios: { type: 'string', default: SCENARIOS.join(',') },
       generators: { type: 'string', default: '2' },
-      'cpu-prof': { type: 'boolean', default: false }
+      rates: { type: 'string' },
+      'cpu-prof': { type: 'boolean', default: false },
+      'server-flags': { type: 'string', default: '' }
     }
   })
+  const rates = values.rates === undefined ? null : values.rates.split(',').map(Number)
+  if (rates !== null && !rates.every((rate) => Number.isFinite(rate) && rate > 0)) throw new Error('--rates is a comma list of messages per second')
   const profile = values.quick ? QUICK : FULL
   const generators = Number(values.generators)
   if (!Number.isInteger(generators) || generators < 1) throw new Error('--generators is a whole number, 1 or more')
@@ -176,8 +188,10 @@ function parseOptions (argv: string[]): Options {
     // Enough processes for the idle sockets, whatever was asked.
     generators: Math.max(generators, Math.ceil(Math.max(...profile.idleLevels) / MAX_SOCKETS_PER_GENERATOR)),
     profile,
+    rates,
     command: ['npm run bench', ...(argv.length === 0 ? [] : ['--', ...argv])].join(' '),
-    childFlags: values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${LOG_DIR}profiles`] : []
+    childFlags: values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${LOG_DIR}profiles`] : [],
+    serverFlags: values['server-flags'].split(' ').filter((flag) => flag !== '')
   }
 }
 
@@ -205,15 +219,16 @@ interface RunningServer {
 }
 
 let logCounter = 0
-/** Node flags for every child process (set from the options). */
+/** Node flags for every child process, and for the servers only (set from the options). */
 let childFlags: string[] = []
+let serverFlags: string[] = []
 
 async function startNode (kind: ServerKind, env: Record<string, string>, seed: number, label: string): Promise<{ child: ChildProcess, url: string, users: BenchUser[] }> {
   mkdirSync(LOG_DIR, { recursive: true })
   const log = openSync(`${LOG_DIR}${String(++logCounter).padStart(2, '0')}-${label.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}.log`, 'w')
   const child = startPinned(`${HERE}${SERVER_SCRIPTS[kind]}`, {
     core: SERVER_CORE,
-    execArgv: ['--expose-gc', ...childFlags],
+    execArgv: ['--expose-gc', ...childFlags, ...serverFlags],
     env: { ...process.env, ...env, BENCH_USERS: String(seed) },
     stdout: log
   })
@@ -307,20 +322,31 @@ interface CpuReading {
   atMicros: number
   server: number | null
   generators: number | null
+  /** The machine's MariaDB and Redis servers, whether the step uses them or not. */
+  backends: number | null
   machine: number | null
 }
 
+/** The shared database servers' processes, found once: their CPU is the backends' share, not foreign load. */
+const BACKEND_PIDS = pidsNamed(['mariadbd', 'mysqld', 'redis-server'])
+
 function readCpu (servers: ChildProcess[], generators: ChildProcess[]): CpuReading {
-  const sum = (children: ChildProcess[]): number | null => {
+  const sum = (pids: Array<number | undefined>): number | null => {
     let total = 0
-    for (const child of children) {
-      const micros = cpuMicros(child.pid)
+    for (const pid of pids) {
+      const micros = cpuMicros(pid)
       if (micros === null) return null
       total += micros
     }
     return total
   }
-  return { atMicros: nowMicros(), server: sum(servers), generators: sum(generators), machine: machineBusyMicros() }
+  return {
+    atMicros: nowMicros(),
+    server: sum(servers.map((child) => child.pid)),
+    generators: sum(generators.map((child) => child.pid)),
+    backends: sum(BACKEND_PIDS),
+    machine: machineBusyMicros()
+  }
 }
 
 async function readCpuAt (micros: number, servers: ChildProcess[], generators: ChildProcess[]): Promise<CpuReading> {
@@ -346,13 +372,16 @@ async function runStep (load: Load, rate: number, profile: Profile, measureMs = 
   const windowStart = startMicros + profile.warmupMs * 1000
   const windowEnd = windowStart + measureMs * 1000
   const sendingMs = START_DELAY_MS + profile.warmupMs + measureMs
-  const replies = generators.map(async (generator) => await nextMessage<RunReply>(generator, 'result', sendingMs + profile.drainMs + profile.graceMs + 60_000))
+  const drained = generators.map(async (generator) => await nextMessage<DrainedReply>(generator, 'drained', sendingMs + profile.drainMs + 60_000))
   generators.forEach((generator, index) => generator.send({
-    type: 'run', step, ratePerSecond: rate * (shares[index] ?? 0), startMicros, warmupMs: profile.warmupMs, measureMs, drainMs: profile.drainMs, graceMs: profile.graceMs
+    type: 'run', step, ratePerSecond: rate * (shares[index] ?? 0), startMicros, warmupMs: profile.warmupMs, measureMs, drainMs: profile.drainMs
   }))
   const before = await readCpuAt(windowStart, server.nodes, generators)
   const after = await readCpuAt(windowEnd, server.nodes, generators)
-  const results = await Promise.all(replies)
+  await Promise.all(drained)
+  // What arrives after the drain is late, not lost: the counts are final once nothing arrives any more.
+  await waitQuiet(generators)
+  const results = await Promise.all(generators.map(async (generator) => await request<RunReply>(generator, { type: 'settle' }, 'result', 30_000)))
   // Without a forced GC: what the step left the server holding (Switchboard's in-memory store keeps every message).
   const memory = await request<ServerMemory>(server.nodes[0] as ChildProcess, { type: 'memory', collect: false }, 'memory', 30_000)
 
@@ -372,6 +401,7 @@ async function runStep (load: Load, rate: number, profile: Profile, measureMs = 
   const serverCores = serverMicros === null ? null : serverMicros / elapsed
   const generatorCores = generatorMicros === null ? null : generatorMicros / elapsed
   const machineCores = after.machine === null || before.machine === null ? null : (after.machine - before.machine) / elapsed
+  const backendCores = after.backends === null || before.backends === null ? null : (after.backends - before.backends) / elapsed
   const keptUp = sentInWindow > 0 && deliveredInWindow >= KEEP_UP * sentInWindow
   const capacityPass = keptUp && isClean(tally)
   return {
@@ -386,7 +416,10 @@ async function runStep (load: Load, rate: number, profile: Profile, measureMs = 
     sendLag,
     serverCores,
     generatorCores,
-    otherCores: machineCores === null || serverCores === null || generatorCores === null ? null : Math.max(0, machineCores - serverCores - generatorCores),
+    backendCores,
+    otherCores: machineCores === null || serverCores === null || generatorCores === null || backendCores === null
+      ? null
+      : Math.max(0, machineCores - serverCores - generatorCores - backendCores),
     serverHeapUsed: memory.heapUsed,
     // Scaled from the CPU readings' own interval to the nominal window the deliveries were counted in.
     cpuPerMessageMicros: serverCores === null || deliveredInWindow === 0 ? null : serverCores * measureMs * 1000 / deliveredInWindow,
@@ -470,7 +503,7 @@ function pairUp (users: BenchUser[], count: number, generators: number, nodes: n
   return assignments
 }
 
-async function throughput (setup: string, server: RunningServer, generators: ChildProcess[], profile: Profile): Promise<ThroughputResult> {
+async function throughput (setup: string, server: RunningServer, generators: ChildProcess[], { profile, rates }: Options): Promise<ThroughputResult> {
   const assignments = pairUp(server.users, profile.chatUsers, generators.length, server.nodes.length)
   const connected = await connect(server, generators, assignments, profile.connectConcurrency)
   if (connected.failed > 0) throw new Error(`${setup}: ${connected.failed} chatting sockets failed to open: ${connected.firstError ?? ''}`)
@@ -489,14 +522,18 @@ async function throughput (setup: string, server: RunningServer, generators: Chi
   // Both sides' code is cold at first (JIT, buffers): one step, not counted, warms it.
   const warmup = await runStep(load, profile.startRate / 2, profile, Math.min(profile.measureMs, 1000))
   console.log(`${stepLine(warmup)} (warm-up, not counted)`)
-  const search = { start: profile.startRate, factor: profile.factor, tolerance: profile.tolerance, minRate: 100 }
-  await searchHighest({ ...search, maxSteps: profile.sustainableSteps, measure: async (rate) => (await measure(rate)).sustainable })
-  await searchHighest({
-    ...search,
-    maxSteps: profile.capacitySteps,
-    known: steps.map((step) => ({ rate: step.rate, pass: step.capacityPass })),
-    measure: async (rate) => (await measure(rate)).capacityPass
-  })
+  if (rates !== null) {
+    for (const rate of rates) await measure(rate)
+  } else {
+    const search = { start: profile.startRate, factor: profile.factor, tolerance: profile.tolerance, minRate: 100 }
+    await searchHighest({ ...search, maxSteps: profile.sustainableSteps, measure: async (rate) => (await measure(rate)).sustainable })
+    await searchHighest({
+      ...search,
+      maxSteps: profile.capacitySteps,
+      known: steps.map((step) => ({ rate: step.rate, pass: step.capacityPass })),
+      measure: async (rate) => (await measure(rate)).capacityPass
+    })
+  }
   // The capacity search may have passed the sustainable test higher up, too.
   const highest = (passed: (step: StepResult) => boolean): StepResult | null =>
     steps.filter(passed).reduce<StepResult | null>((best, step) => best === null || step.rate > best.rate ? step : best, null)
@@ -587,7 +624,8 @@ function settings (options: Options): string[] {
   return [
     `mode: ${options.quick ? 'quick' : 'full'}; servers pinned to core ${SERVER_CORE}, ${options.generators} generator processes pinned to core ${GENERATOR_CORE} (taskset); MariaDB and Redis unpinned`,
     `idle sockets at ${profile.idleLevels.join(' and ')}; ${profile.chatUsers} users chatting in pairs, open-loop, ${256}-byte message texts, each acknowledged`,
-    `steps: ${profile.warmupMs} ms warm-up, ${profile.measureMs} ms measured (${profile.halfMeasureMs} ms at half max), ${profile.drainMs} ms for the last deliveries; ` +
+    `steps: ${profile.warmupMs} ms warm-up, ${profile.measureMs} ms measured (${profile.halfMeasureMs} ms at half max); a message counts as lost only if it never arrives ` +
+      `(counted once nothing has arrived for ${QUIET_MS} ms, ${QUIET_LIMIT_MS / 1000} s at most), as late if it arrives over ${profile.drainMs} ms after the last send; ` +
       `step search ×${profile.factor} up, then halving the gap to ${profile.tolerance * 100}%`,
     `capacity: highest rate where ≥ ${KEEP_UP * 100}% of the window's messages arrived within it and nothing was lost, doubled, reordered or refused; ` +
       `sustainable: that and p99 ≤ ${P99_LIMIT_MS} ms; latency is one-way, from each message's intended send time (no coordinated omission)`,
@@ -608,6 +646,7 @@ async function main (): Promise<void> {
   const options = parseOptions(process.argv.slice(2))
   const { profile } = options
   childFlags = options.childFlags
+  serverFlags = options.serverFlags
   const startedAt = new Date()
   const began = nowMicros()
   const results: RunResults = {
@@ -639,7 +678,7 @@ async function main (): Promise<void> {
       console.log(`\n${SERVER_LABELS[kind]}`)
       await withServer(kind, { seed, label: kind }, async (server) => {
         if (idle) results.idle[kind] = await idleMemory(server, generators, profile)
-        if (load) results.throughput[kind] = await throughput(SERVER_LABELS[kind], server, generators, profile)
+        if (load) results.throughput[kind] = await throughput(SERVER_LABELS[kind], server, generators, options)
       })
     }
 
@@ -654,7 +693,7 @@ async function main (): Promise<void> {
         console.log('\nSwitchboard on MariaDB (scratch database, dropped after)')
         const database = await scratchDatabase(mysqlUrl)
         results.mysql = await withServer('switchboard', { seed: profile.chatUsers, env: { MYSQL_URL: database }, label: 'switchboard-mariadb' },
-          async (server) => await throughput('Switchboard on MariaDB', server, generators, profile))
+          async (server) => await throughput('Switchboard on MariaDB', server, generators, options))
         await runCleanups()
       }
     }
@@ -667,7 +706,7 @@ async function main (): Promise<void> {
         const database = await scratchDatabase(mysqlUrl)
         const prefix = scratchPrefix(redisUrl)
         results.cluster = await withServer('switchboard', { seed: profile.chatUsers, nodes: 2, env: { MYSQL_URL: database, REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix }, label: 'switchboard-cluster' },
-          async (server) => await throughput('Switchboard, 2 nodes', server, generators, profile))
+          async (server) => await throughput('Switchboard, 2 nodes', server, generators, options))
         await runCleanups()
       }
     }
