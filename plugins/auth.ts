@@ -67,6 +67,9 @@ export default fp(async function authPlugin (fastify) {
   fastify.decorate('switchboardAuthenticate', async function authenticate (request: FastifyRequest) {
     const token = requestToken(request, { allowQuery: false })
     if (token === null) throw new UnauthorizedError(INVALID_TOKEN, 'an access token is required: Authorization: Bearer <token>')
-    request.identity = auth.verifyAccessToken(token)
+    const identity = auth.verifyAccessToken(token)
+    // Logout ends a session at once, here as on the sockets: one store lookup per request.
+    if (!await auth.isSessionLive(identity.sessionId)) throw new UnauthorizedError(INVALID_TOKEN, 'the session of this token has ended')
+    request.identity = identity
   })
 }, { fastify: '5.x', name: 'switchboard-auth', dependencies: ['switchboard-config', 'switchboard-db', 'switchboard-redis'] })

@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import { test, type Test } from 'tap'
 import WebSocket from 'ws'
 import type { SwitchboardOptions } from '../../src/app.js'
-import { build, call, createUser, listen, realBackendOptions, realBackends, TEST_SETTINGS, type TestUser } from '../helper.js'
+import { build, call, createUser, listen, onBothBackends, realBackendOptions, realBackends, TEST_SETTINGS, type TestUser } from '../helper.js'
 
 interface ErrorBody {
   statusCode: number
@@ -103,9 +103,11 @@ test('GET /users/me refuses requests without a valid access token', async (t) =>
   const user = await createUser(app)
   const secret = TEST_SETTINGS.jwtSecret as string
   const now = Math.floor(Date.now() / 1000)
-  const claims = { sub: String(user.id), sid: 'session', iat: now, exp: now + 600, iss: 'switchboard', aud: 'switchboard' }
-  const header = { alg: 'HS256', typ: 'at+jwt' }
   const payload = user.accessToken.split('.')[1] as string
+  // The session must be live: tokens of an ended session are refused.
+  const { sid } = JSON.parse(Buffer.from(payload, 'base64url').toString()) as { sid: string }
+  const claims = { sub: String(user.id), sid, iat: now, exp: now + 600, iss: 'switchboard', aud: 'switchboard' }
+  const header = { alg: 'HS256', typ: 'at+jwt' }
 
   // The hand-signed control token proves the refusals below are about what was changed.
   const control = await call(app, { method: 'GET', url: '/users/me', headers: bearer(signJwt(header, claims, secret)) })
@@ -247,4 +249,26 @@ test('GET /users/online validates its query', async (t) => {
   }
   const page = await onlinePage(app, user.accessToken, '?limit=200&cursor=1')
   t.same(page, { count: 0, users: [], nextCursor: null }, 'the largest limit and a cursor are accepted')
+})
+
+onBothBackends('after logout, or reuse of a spent refresh token, the session\'s access tokens are refused at once', async (t, options) => {
+  const app = await build(t, options)
+  const alice = await createUser(app, 'Alice')
+  const bob = await createUser(app, 'Bob')
+  const routes = ['/users/me', `/users/${bob.id}`, '/users/online', `/messages?with=${bob.id}`]
+  const get = (token: string, url: string) => call<{ code?: string }>(app, { method: 'GET', url, headers: { authorization: `Bearer ${token}` } })
+  for (const url of routes) t.equal((await get(alice.accessToken, url)).statusCode, 200, `${url} before logout`)
+
+  t.equal((await app.inject({ method: 'POST', url: '/auth/logout', payload: { refresh_token: alice.refreshToken } })).statusCode, 204)
+  for (const url of routes) {
+    const refused = await get(alice.accessToken, url)
+    t.match({ statusCode: refused.statusCode, code: refused.body.code }, { statusCode: 401, code: 'INVALID_TOKEN' }, `${url} after logout, though the token has not expired`)
+  }
+  t.equal((await get(bob.accessToken, '/users/me')).statusCode, 200, 'other sessions are untouched')
+
+  // Reuse of a spent refresh token ends the session too.
+  const rotated = await call<{ access_token: string }>(app, { method: 'POST', url: '/auth/refresh', payload: { refresh_token: bob.refreshToken } })
+  t.equal((await get(rotated.body.access_token, '/users/me')).statusCode, 200, 'the rotated session works')
+  t.equal((await call(app, { method: 'POST', url: '/auth/refresh', payload: { refresh_token: bob.refreshToken } })).statusCode, 401, 'the spent token is reused')
+  t.equal((await get(rotated.body.access_token, '/users/me')).statusCode, 401, 'and the session\'s newest access token is refused')
 })
