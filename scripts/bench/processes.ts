@@ -74,6 +74,10 @@ function exited (child: ChildProcess): boolean {
   return child.exitCode !== null || child.signalCode !== null
 }
 
+export function sleep (ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
 /** SIGTERM, then SIGKILL if it is still there after `graceMs`. */
 export async function stop (child: ChildProcess, graceMs = 5000): Promise<void> {
   if (exited(child)) return
