@@ -66,12 +66,12 @@ export const FULL: Profile = {
 }
 
 export const QUICK: Profile = {
-  idleLevels: [1000, 3000],
+  idleLevels: [1000, 2000],
   chatUsers: 1000,
-  warmupMs: 300,
-  measureMs: 1000,
+  warmupMs: 250,
+  measureMs: 800,
   drainMs: 500,
-  halfMeasureMs: 1500,
+  halfMeasureMs: 1200,
   startRate: 5000,
   factor: 2,
   tolerance: 0.3,
