@@ -81,6 +81,8 @@ export interface ThroughputResult {
 export interface RunResults {
   startedAt: Date
   command: string
+  /** Short windows and few sockets: figures to smoke-test with, not to judge targets by. */
+  quick: boolean
   /** The commit the servers ran from, and any uncommitted changes to them. */
   revision: string
   machine: { cores: number, cpu: string, memoryGiB: number, node: string }
@@ -307,7 +309,15 @@ export function renderReport (results: RunResults): string {
     ...(storageAndNodes(results).length === 0 ? [] : ['## Switchboard: storage and nodes', '', ...storageAndNodes(results), '']),
     ...skipped.map(([name, why]) => `- ${name}: skipped, ${why}`),
     ...(skipped.length === 0 ? [] : ['']),
-    ...(targetLines(results).length === 0 ? [] : ['## Targets', '', ...targetLines(results), '']),
+    ...(targetLines(results).length === 0
+      ? []
+      : [
+          '## Targets',
+          '',
+          ...(results.quick ? ['A quick run (short steps, few idle sockets) is a smoke test: judge the targets by a full run.', ''] : []),
+          ...targetLines(results),
+          ''
+        ]),
     ...(memoryLines(results).length === 0 ? [] : ['## Connecting, and idle memory (after a forced GC)', '', ...memoryLines(results), '']),
     '## Every step',
     '',

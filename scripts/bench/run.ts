@@ -72,6 +72,21 @@ function list<T extends string> (text: string, allowed: readonly T[], name: stri
   return allowed.filter((item) => items.includes(item))
 }
 
+/** The backend URLs the run was given, as they would be typed before the command, passwords masked. */
+function backendVariables (): string[] {
+  return ['MYSQL_URL', 'REDIS_URL'].flatMap((name) => {
+    const value = configured(name)
+    if (value === null) return []
+    try {
+      const url = new URL(value)
+      if (url.password !== '') url.password = '***'
+      return [`${name}=${url.toString()}`]
+    } catch {
+      return [`${name}=(set)`]
+    }
+  })
+}
+
 function parseOptions (argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
@@ -98,7 +113,7 @@ function parseOptions (argv: string[]): Options {
     generators: Math.max(generators, Math.ceil(Math.max(...profile.idleLevels) / MAX_SOCKETS_PER_GENERATOR)),
     profile,
     rates,
-    command: ['npm run bench', ...(argv.length === 0 ? [] : ['--', ...argv])].join(' '),
+    command: [...backendVariables(), 'npm run bench', ...(argv.length === 0 ? [] : ['--', ...argv])].join(' '),
     childFlags: values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${LOG_DIR}profiles`] : [],
     serverFlags: values['server-flags'].split(' ').filter((flag) => flag !== '')
   }
@@ -156,6 +171,7 @@ async function main (): Promise<void> {
   const results: RunResults = {
     startedAt,
     command: options.command,
+    quick: options.quick,
     revision: revision(),
     machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? 'unknown', memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version },
     settings: settings(options),

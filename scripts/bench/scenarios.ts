@@ -66,7 +66,7 @@ export const FULL: Profile = {
 }
 
 export const QUICK: Profile = {
-  idleLevels: [1000, 2000],
+  idleLevels: [1000, 3000],
   chatUsers: 1000,
   warmupMs: 250,
   measureMs: 800,
