@@ -99,6 +99,9 @@ export interface RunResults {
   elapsedSeconds: number
 }
 
+/** Past this, the generators' core has little left: the step may measure them as much as the server. */
+export const GENERATOR_NEARLY_FULL = 0.9
+
 /** Cores used by other processes past which a step is marked as disturbed. */
 export const FOREIGN_LOAD_CORES = 0.15
 
@@ -250,6 +253,7 @@ export function stepHeader (): string[] {
 export function stepLine (step: StepResult): string {
   const notes: string[] = []
   if (step.generatorBusier) notes.push('generator busier than server')
+  else if ((step.generatorCores ?? 0) >= GENERATOR_NEARLY_FULL) notes.push('generator core nearly full')
   if ((step.otherCores ?? 0) > FOREIGN_LOAD_CORES) notes.push('other work on the machine')
   if (!step.keptUp) notes.push('fell behind')
   if (step.tally.closed > 0) notes.push(`${step.tally.closed} sockets closed`)
@@ -290,6 +294,7 @@ export function renderReport (results: RunResults): string {
   const { machine } = results
   const steps = allSteps(results)
   const busier = steps.filter((step) => step.generatorBusier)
+  const nearlyFull = steps.filter((step) => !step.generatorBusier && (step.generatorCores ?? 0) >= GENERATOR_NEARLY_FULL)
   const disturbed = steps.filter((step) => (step.otherCores ?? 0) > FOREIGN_LOAD_CORES)
   const skipped = [['MariaDB', results.mysql], ['two nodes', results.cluster]].filter(([, value]) => typeof value === 'string') as Array<[string, string]>
   return [
@@ -324,6 +329,7 @@ export function renderReport (results: RunResults): string {
     busier.length === 0
       ? 'In no step did the generators use more CPU than the server.'
       : `In ${busier.length} of ${steps.length} steps the generators used more CPU than the server (flagged below): there the figure may be the generator's limit, not the server's.`,
+    ...(nearlyFull.length === 0 ? [] : [`In ${nearlyFull.length} more the generators' core was at least ${GENERATOR_NEARLY_FULL * 100}% busy (flagged too).`]),
     disturbed.length === 0
       ? 'No step saw other work on the machine.'
       : `${disturbed.length} of ${steps.length} steps saw other work on the machine (over ${FOREIGN_LOAD_CORES} cores besides the servers, generators, MariaDB and Redis; flagged below): their figures are less certain.`,
