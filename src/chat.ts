@@ -1,3 +1,4 @@
+import { nextTick } from 'node:process'
 import type { AccessTokenIdentity } from './access-tokens.js'
 import type { Cluster } from './cluster.js'
 import type { Connection, ConnectionRegistry, DeliveryRoute } from './connections.js'
@@ -12,9 +13,21 @@ import type { MessageStore, SaveOutcome, StoredMessage } from './stores/messages
 import { createLimiter } from './limiter.js'
 import { createTokenBucket } from './token-bucket.js'
 
+/** The byte stream under a socket, which can hold writes back and hand them on together. */
+interface Transport {
+  cork (): void
+  uncork (): void
+}
+
 /** The socket as the chat sees it: the `ws` WebSocket satisfies this. */
 export interface Socket {
   readonly readyState: number
+  /**
+   * ws's own name for the TCP socket under it. Corked for the rest of the
+   * event-loop turn at a socket's first frame, so the frames one turn sends
+   * it (an ack, messages, a pong) leave in one write, not one each.
+   */
+  readonly _socket?: Transport | null
   /** Bytes queued for the peer and not yet handed to the network. */
   readonly bufferedAmount: number
   /** `sent` is called once the data is handed to the network, or with an error if it never will be. */
@@ -141,6 +154,13 @@ export function createChat (dependencies: ChatDependencies) {
   /** Past this much queued, a replay waits for the socket to drain: well below the slow-consumer cap. */
   const replayHighWater = limits.maxBufferedBytes / 2
   const replayReads = createLimiter(REPLAY_READS_AT_ONCE)
+  /** The sockets corked this turn, uncorked together once it ends. */
+  let toUncork: Array<() => void> = []
+  function uncorkAll (): void {
+    const uncorks = toUncork
+    toUncork = []
+    for (const uncork of uncorks) uncork()
+  }
   const replayDrainWaitMs = dependencies.replayDrainWaitMs ?? REPLAY_DRAIN_WAIT_MS
   /** Per online user: the newest message one of their sockets received (or had acknowledged). */
   const newestReceived = new Map<number, string>()
@@ -290,6 +310,8 @@ export function createChat (dependencies: ChatDependencies) {
     let expiresAt = identity.expiresAt
     let expiryTimer: NodeJS.Timeout | undefined
     let slowTimer: NodeJS.Timeout | undefined
+    /** The transport corked this turn, if any. */
+    let corkedTransport: Transport | null = null
     /** Ends a paced replay's wait for the socket to drain. */
     let drained: (() => void) | null = null
     /** Pings sent since the peer last answered one. */
@@ -318,9 +340,29 @@ export function createChat (dependencies: ChatDependencies) {
     let presenceEvents = 0
     const lastEventAt = new Map<number, number>()
 
+    /** Sends one frame, in the same write as the others this turn sends this socket. */
+    function transmit (data: string, sent?: (error?: Error) => void): void {
+      if (corkedTransport === null) {
+        const transport = socket._socket
+        if (transport != null) {
+          transport.cork()
+          corkedTransport = transport
+          if (toUncork.length === 0) nextTick(uncorkAll)
+          toUncork.push(uncork)
+        }
+      }
+      socket.send(data, sent)
+    }
+
+    function uncork (): void {
+      const transport = corkedTransport
+      corkedTransport = null
+      transport?.uncork()
+    }
+
     function write (message: EncodedMessage, route: DeliveryRoute | null): void {
       if (socket.readyState !== OPEN) return
-      socket.send(format === 'json' ? message.json : message.text)
+      transmit(format === 'json' ? message.json : message.text)
       recent.add(message.id)
       received(user.id, message.id)
       if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
@@ -343,7 +385,7 @@ export function createChat (dependencies: ChatDependencies) {
       const timer = setTimeout(dropAsSlow, replayDrainWaitMs)
       await new Promise<void>((resolve) => {
         drained = resolve
-        socket.send(format === 'json' ? message.json : message.text, () => resolve())
+        transmit(format === 'json' ? message.json : message.text, () => resolve())
         recent.add(message.id)
         received(user.id, message.id)
         if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
@@ -404,13 +446,13 @@ export function createChat (dependencies: ChatDependencies) {
 
     function sendJson (frame: string): void {
       if (format !== 'json' || closed) return
-      socket.send(frame)
+      transmit(frame)
       checkBacklog()
     }
 
     function sendError (error: ProtocolError): void {
       if (closed) return
-      socket.send(errorFrame(error, format))
+      transmit(errorFrame(error, format))
       checkBacklog()
     }
 

@@ -1557,3 +1557,21 @@ test('frames that wait behind a paced catch-up are capped at the burst; past it 
   await idle()
   t.equal(frames(bob.socket).filter((frame) => frame.type === 'pong').length, 5, 'the five are answered once the catch-up is done')
 })
+
+test('the frames one turn sends a socket go out in one write: its transport is corked at the first and uncorked when the turn ends', async (t) => {
+  const { connect, idle } = setup(t)
+  const senders = [connect(1), connect(3), connect(4)]
+  const bob = connect(2)
+  await idle()
+  const calls: string[] = []
+  const transport = {
+    cork: () => { calls.push('cork') },
+    uncork: () => { calls.push(`uncork after ${bob.socket.sent.length} frames`) }
+  }
+  Object.assign(bob.socket, { _socket: transport })
+  // Three senders, so the three messages are stored in one batch and routed in one turn.
+  for (const [index, text] of ['one', 'two', 'three'].entries()) senders[index]?.send({ type: 'message', to: 2, text })
+  await idle()
+  t.strictSame(calls, ['cork', 'uncork after 3 frames'], 'corked once, uncorked once, after all three')
+  t.strictSame(textsOf(bob.socket), ['one', 'two', 'three'])
+})
