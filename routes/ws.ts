@@ -17,7 +17,28 @@ export function isOriginAllowed (origin: string | undefined, host: string | unde
   }
 }
 
+/** The parts of ws's WebSocket and Node's HTTP objects that hold on to the upgrade request. */
+interface UpgradedSocket {
+  _socket?: { _httpMessage?: { detachSocket: (socket: unknown) => void } | null }
+  removeAllListeners: (event: 'error') => unknown
+  on: (event: 'error', listener: (error: Error) => void) => unknown
+}
+
 export default (async function wsRoutes (fastify) {
+  /**
+   * @fastify/websocket keeps the upgrade's request and reply for as long as
+   * the socket lives: its 'error' listener closes over them, and the raw
+   * response stays assigned to the TCP socket. That is most of the memory an
+   * idle socket costs, so both are let go; errors are still listened for.
+   */
+  function forgetUpgradeRequest (socket: UpgradedSocket): void {
+    const transport = socket._socket
+    transport?._httpMessage?.detachSocket(transport)
+    socket.removeAllListeners('error')
+    // A client's broken frame or dropped connection: the close that follows is what the chat acts on.
+    socket.on('error', (error) => { fastify.log.debug({ err: error }, 'WebSocket error') })
+  }
+
   const { wsAllowedOrigins, wsMaxConnectionsPerUser, wsMaxConnections } = fastify.switchboardConfig
   const auth = fastify.switchboardAuth
   const users = fastify.switchboardDb.users
@@ -74,6 +95,7 @@ export default (async function wsRoutes (fastify) {
         socket.close(1011, 'internal error')
         return
       }
+      forgetUpgradeRequest(socket)
       // All of this runs synchronously, so no frame can arrive before the listeners are on.
       const { format, since } = request.query
       const session = chat.open(socket, since === undefined ? { user, identity, format } : { user, identity, format, since })

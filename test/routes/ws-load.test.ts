@@ -4,7 +4,11 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { test } from 'tap'
 import WebSocket from 'ws'
-import { createUser, listen, until, type TestUser } from '../helper.js'
+import Fastify from 'fastify'
+import fp from 'fastify-plugin'
+import switchboard from '../../src/app.js'
+import { serverOptions } from '../../src/server.js'
+import { createUser, listen, TEST_SETTINGS, until, type TestUser } from '../helper.js'
 
 const USERS = 20
 const SOCKETS_PER_USER = 100
@@ -34,9 +38,9 @@ async function settledHeap (): Promise<number> {
  * Plain ws clients rather than the helper's, which the test keeps until it ends: here
  * nothing may hold a client after it closed, or the heap could not come back.
  */
-async function openSockets (wsUrl: string, users: readonly TestUser[]): Promise<WebSocket[]> {
+async function openSockets (wsUrl: string, users: readonly TestUser[], perUser = SOCKETS_PER_USER): Promise<WebSocket[]> {
   const sockets: WebSocket[] = []
-  const owners = users.flatMap((user) => Array.from({ length: SOCKETS_PER_USER }, () => user))
+  const owners = users.flatMap((user) => Array.from({ length: perUser }, () => user))
   for (let start = 0; start < owners.length; start += BATCH) {
     sockets.push(...await Promise.all(owners.slice(start, start + BATCH).map(async (user) => {
       const socket = new WebSocket(new URL('/ws', wsUrl), { headers: { authorization: `Bearer ${user.accessToken}` } })
@@ -90,3 +94,22 @@ test(`${SOCKETS} sockets connect and leave: the node forgets them, and its files
 function mib (bytes: number): string {
   return (bytes / 1024 / 1024).toFixed(1)
 }
+
+test('an open socket does not keep its upgrade request, reply or their HTTP objects alive', async (t) => {
+  // Built by hand so a hook of the host can see the upgrade request.
+  const app = Fastify(serverOptions({ logLevel: 'silent' }))
+  const upgrades: Array<WeakRef<object>> = []
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.url.startsWith('/ws')) upgrades.push(new WeakRef(request), new WeakRef(reply), new WeakRef(request.raw), new WeakRef(reply.raw))
+  })
+  await app.register(fp(switchboard), TEST_SETTINGS)
+  t.teardown(() => app.close())
+  const wsUrl = (await app.listen({ port: 0, host: '127.0.0.1' })).replace(/^http/, 'ws')
+  const alice = await createUser(app, 'Alice')
+  const [socket] = await openSockets(wsUrl, [alice], 1)
+  await settledHeap()
+  t.equal(upgrades.length, 4, 'the upgrade was seen')
+  t.same(upgrades.map((ref) => ref.deref() === undefined), [true, true, true, true], 'request, reply and both raw objects are collected while the socket is open')
+  t.equal(app.switchboardChat.registry.connectionCount, 1, 'and the socket still is')
+  await closeAll(socket === undefined ? [] : [socket])
+})
