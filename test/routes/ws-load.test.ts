@@ -97,7 +97,7 @@ function mib (bytes: number): string {
 
 test('an open socket does not keep its upgrade request, reply or their HTTP objects alive', async (t) => {
   // Built by hand so a hook of the host can see the upgrade request.
-  const app = Fastify(serverOptions({ logLevel: 'silent' }))
+  const app = Fastify(serverOptions({ logLevel: 'silent', trustProxy: false }))
   const upgrades: Array<WeakRef<object>> = []
   app.addHook('onRequest', async (request, reply) => {
     if (request.url.startsWith('/ws')) upgrades.push(new WeakRef(request), new WeakRef(reply), new WeakRef(request.raw), new WeakRef(reply.raw))
