@@ -125,6 +125,13 @@ const REPLAY_READS_AT_ONCE = 32
  */
 const REPLAY_DRAIN_WAIT_MS = 15_000
 
+/**
+ * What a socket that watches no one has, shared by all of them. Never written
+ * to: writes happen only for a watched user, and watch() puts new maps in place first.
+ */
+const NOT_WATCHING = new Map<number, boolean | null>()
+const NO_EVENTS = new Map<number, number>()
+
 /** A socket closed for being too slow gets this long to finish the closing handshake. */
 const SLOW_CLOSE_WAIT_MS = 3000
 
@@ -334,11 +341,12 @@ export function createChat (dependencies: ChatDependencies) {
     /** Frames waiting in `pending` to be handled. */
     let queuedFrames = 0
     /** Watched users and the state last sent for each (null: the first answer is still to come). */
-    let watched = new Map<number, boolean | null>()
+    // Shared and empty until the socket watches someone: most never do, and every socket has these.
+    let watched: Map<number, boolean | null> = NOT_WATCHING
     let watchGeneration = 0
     /** Presence events so far, and the count when each watched user's last one came: an answer asked before it is older. */
     let presenceEvents = 0
-    const lastEventAt = new Map<number, number>()
+    let lastEventAt: Map<number, number> = NO_EVENTS
 
     /** Sends one frame, in the same write as the others this turn sends this socket. */
     function transmit (data: string, sent?: (error?: Error) => void): void {
@@ -591,13 +599,13 @@ export function createChat (dependencies: ChatDependencies) {
     }
 
     function unwatchAll (): void {
-      lastEventAt.clear()
+      lastEventAt = NO_EVENTS
       for (const userId of watched.keys()) {
         const set = watchers.get(userId)
         set?.delete(control)
         if (set?.size === 0) watchers.delete(userId)
       }
-      watched = new Map()
+      watched = NOT_WATCHING
     }
 
     /** Asks the cluster for the watched users' state and sends each that is new to the socket. */
@@ -627,6 +635,8 @@ export function createChat (dependencies: ChatDependencies) {
       watchGeneration++
       // The text format carries messages and errors only.
       if (format === 'text') return
+      watched = new Map()
+      lastEventAt = new Map()
       for (const userId of userIds) {
         watched.set(userId, null)
         let set = watchers.get(userId)

@@ -1575,3 +1575,26 @@ test('the frames one turn sends a socket go out in one write: its transport is c
   t.strictSame(calls, ['cork', 'uncork after 3 frames'], 'corked once, uncorked once, after all three')
   t.strictSame(textsOf(bob.socket), ['one', 'two', 'three'])
 })
+
+test('sockets that watch no one share nothing: a watch and an unwatch elsewhere never reach them', async (t) => {
+  const steered = steeredCluster()
+  const { connect, idle } = setup(t, { cluster: steered.cluster })
+  const watcher = connect(1)
+  const bystander = connect(3)
+  await idle()
+  watcher.send({ type: 'watch', users: [2] })
+  await idle()
+  steered.events.presence(2, true)
+  watcher.send({ type: 'watch', users: [] })
+  await idle()
+  steered.events.presence(2, false)
+  await idle()
+  t.strictSame(frames(watcher.socket).filter((frame) => frame.type === 'presence'), [
+    { type: 'presence', userId: 2, online: false },
+    { type: 'presence', userId: 2, online: true }
+  ], 'the watcher got the state and the change while it watched')
+  t.strictSame(frames(bystander.socket), [], 'the bystander got nothing')
+  bystander.send({ type: 'watch', users: [4] })
+  await idle()
+  t.strictSame(frames(bystander.socket), [{ type: 'presence', userId: 4, online: false }], 'and its own first watch starts clean')
+})
