@@ -30,7 +30,7 @@ import { createServer } from 'node:net'
 import { cpus } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { Redis } from 'ioredis'
+import { deleteKeysUnder } from './scratch-keys.js'
 import mysql from 'mysql2/promise'
 import WebSocket from 'ws'
 
@@ -377,22 +377,7 @@ async function scratchDatabase (serverUrl: string): Promise<{ url: string, drop:
 /** A fresh key prefix for the run, and deleting every key under it (SCAN + DEL) after. */
 function scratchPrefix (redisUrl: string): { prefix: string, drop: () => Promise<void> } {
   const prefix = `bench:${randomBytes(4).toString('hex')}:`
-  return {
-    prefix,
-    drop: async () => {
-      const redis = new Redis(redisUrl)
-      try {
-        let cursor = '0'
-        do {
-          const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-          if (keys.length > 0) await redis.del(...keys)
-          cursor = next
-        } while (cursor !== '0')
-      } finally {
-        redis.disconnect()
-      }
-    }
-  }
+  return { prefix, drop: () => deleteKeysUnder(redisUrl, prefix) }
 }
 
 function backendLabel (backend: 'memory' | 'mysql', { redisUrl }: Options): string {

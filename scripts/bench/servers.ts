@@ -9,7 +9,7 @@ import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, mkdirSync, openSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { Redis } from 'ioredis'
+import { deleteKeysUnder } from '../scratch-keys.js'
 import mysql from 'mysql2/promise'
 import type { BenchUser, Dialect, ServerReady } from './ipc.js'
 import { nextMessage, startPinned, stop } from './processes.js'
@@ -143,18 +143,6 @@ export async function scratchDatabase (serverUrl: string): Promise<string> {
 /** A fresh key prefix, every key under it deleted (SCAN + DEL) when the run ends. */
 export function scratchPrefix (redisUrl: string): string {
   const prefix = `bench:${randomBytes(4).toString('hex')}:`
-  cleanups.push(async () => {
-    const redis = new Redis(redisUrl)
-    try {
-      let cursor = '0'
-      do {
-        const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-        if (keys.length > 0) await redis.del(...keys)
-        cursor = next
-      } while (cursor !== '0')
-    } finally {
-      redis.disconnect()
-    }
-  })
+  cleanups.push(() => deleteKeysUnder(redisUrl, prefix))
   return prefix
 }
