@@ -413,7 +413,13 @@ export function createChat (dependencies: ChatDependencies) {
 
     /** A peer that does not read would make the server hold its frames without end: it is dropped. */
     function checkBacklog (): void {
-      if (socket.bufferedAmount > limits.maxBufferedBytes) dropAsSlow()
+      if (socket.bufferedAmount <= limits.maxBufferedBytes) return
+      // Held back by the cork, not by the client: hand it to the network first, then judge.
+      if (corkedTransport !== null) {
+        uncork()
+        if (socket.bufferedAmount <= limits.maxBufferedBytes) return
+      }
+      dropAsSlow()
     }
 
     function dropAsSlow (): void {

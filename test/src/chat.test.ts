@@ -1598,3 +1598,34 @@ test('sockets that watch no one share nothing: a watch and an unwatch elsewhere 
   await idle()
   t.strictSame(frames(bystander.socket), [{ type: 'presence', userId: 4, online: false }], 'and its own first watch starts clean')
 })
+
+test('frames held by the cork do not count against a socket that reads: past the cap it is uncorked at once, not closed', async (t) => {
+  const { connect, idle } = setup(t)
+  const senders = [connect(1), connect(3)]
+  const bob = connect(2)
+  await idle()
+  const calls: string[] = []
+  // The network takes everything at the uncork: this client reads as fast as it is sent to.
+  Object.assign(bob.socket, {
+    _socket: {
+      cork: () => { calls.push('cork') },
+      uncork: () => {
+        calls.push('uncork')
+        bob.socket.bufferedAmount = 0
+      }
+    }
+  })
+  const big = 'x'.repeat(4000)
+  const send = bob.socket.send.bind(bob.socket)
+  // Every frame queues 600 KB: the second of the turn passes the 1 MiB cap while corked.
+  bob.socket.send = (data, sent) => {
+    send(data, sent)
+    bob.socket.bufferedAmount += 600_000
+  }
+  for (const sender of senders) sender.send({ type: 'message', to: 2, text: big })
+  await idle()
+  t.strictSame(bob.socket.closes, [], 'not taken for a slow consumer')
+  t.equal(textsOf(bob.socket).length, 2, 'both messages sent')
+  t.strictSame(calls.slice(0, 2), ['cork', 'uncork'], 'uncorked as soon as the cap was passed')
+  t.equal(calls.filter((call) => call === 'cork').length, calls.filter((call) => call === 'uncork').length, 'every cork has its uncork')
+})
