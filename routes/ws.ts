@@ -4,7 +4,9 @@ import Type from 'typebox'
 import { INVALID_TOKEN } from '../src/access-tokens.js'
 import { ForbiddenError, OverloadedError, TooManyError, UnauthorizedError, UpgradeRequiredError } from '../src/errors.js'
 import { MessageIdSchema, toPublicUser, type PublicUser } from '../src/schemas.js'
+import type { WebSocket } from 'ws'
 import { requestToken } from '../plugins/auth.js'
+import { handleSocketError } from '../plugins/websocket.js'
 
 /** Whether a browser page at `origin` may open a socket here. */
 export function isOriginAllowed (origin: string | undefined, host: string | undefined, allowed: readonly string[]): boolean {
@@ -17,26 +19,27 @@ export function isOriginAllowed (origin: string | undefined, host: string | unde
   }
 }
 
-/** The parts of ws's WebSocket and Node's HTTP objects that hold on to the upgrade request. */
-interface UpgradedSocket {
+/** The part of ws's WebSocket that holds on to the upgrade's raw response. */
+type UpgradedSocket = WebSocket & {
   _socket?: { _httpMessage?: { detachSocket: (socket: unknown) => void } | null }
-  removeAllListeners: (event: 'error') => unknown
-  on: (event: 'error', listener: (error: Error) => void) => unknown
 }
 
 export default (async function wsRoutes (fastify) {
   /**
    * @fastify/websocket keeps the upgrade's request and reply for as long as
-   * the socket lives: its 'error' listener closes over them, and the raw
-   * response stays assigned to the TCP socket. That is most of the memory an
-   * idle socket costs, so both are let go; errors are still listened for.
+   * the socket lives: the raw response stays assigned to the TCP socket, and
+   * its 'error' listener (the last one, added just before our handler runs)
+   * closes over both. That is most of the memory an idle socket costs. The
+   * response is let go always; the listener only when the plugin is ours,
+   * since a host's own errorHandler must keep hearing of errors.
    */
   function forgetUpgradeRequest (socket: UpgradedSocket): void {
     const transport = socket._socket
     transport?._httpMessage?.detachSocket(transport)
-    socket.removeAllListeners('error')
-    // A client's broken frame or dropped connection: the close that follows is what the chat acts on.
-    socket.on('error', (error) => { fastify.log.debug({ err: error }, 'WebSocket error') })
+    if (!fastify.switchboardOwnsWebsocket) return
+    const library = socket.listeners('error').at(-1) as ((error: Error) => void) | undefined
+    if (library !== undefined) socket.removeListener('error', library)
+    socket.on('error', (error: Error) => { handleSocketError(fastify.log, error, socket) })
   }
 
   const { wsAllowedOrigins, wsMaxConnectionsPerUser, wsMaxConnections } = fastify.switchboardConfig

@@ -132,6 +132,9 @@ const REPLAY_DRAIN_WAIT_MS = 15_000
 const NOT_WATCHING = new Map<number, boolean | null>()
 const NO_EVENTS = new Map<number, number>()
 
+/** Bytes queued for a socket past which its frames of the turn so far go out at once. */
+const CORK_MAX_BYTES = 16 * 1024
+
 /** A socket closed for being too slow gets this long to finish the closing handshake. */
 const SLOW_CLOSE_WAIT_MS = 3000
 
@@ -360,6 +363,9 @@ export function createChat (dependencies: ChatDependencies) {
         }
       }
       socket.send(data, sent)
+      // Node counts a write as unsent until all of it is taken, and the slow-consumer check reads
+      // that count: so the cork holds a little, never a burst the size of the cap.
+      if (corkedTransport !== null && socket.bufferedAmount > CORK_MAX_BYTES) uncork()
     }
 
     function uncork (): void {
@@ -413,13 +419,7 @@ export function createChat (dependencies: ChatDependencies) {
 
     /** A peer that does not read would make the server hold its frames without end: it is dropped. */
     function checkBacklog (): void {
-      if (socket.bufferedAmount <= limits.maxBufferedBytes) return
-      // Held back by the cork, not by the client: hand it to the network first, then judge.
-      if (corkedTransport !== null) {
-        uncork()
-        if (socket.bufferedAmount <= limits.maxBufferedBytes) return
-      }
-      dropAsSlow()
+      if (socket.bufferedAmount > limits.maxBufferedBytes) dropAsSlow()
     }
 
     function dropAsSlow (): void {

@@ -1,9 +1,11 @@
+import { once } from 'node:events'
 import fastifyJwt from '@fastify/jwt'
+import fastifyWebsocket from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { test, type Test } from 'tap'
 import WebSocket from 'ws'
 import switchboard, { type SwitchboardOptions } from '../../src/app.js'
-import { call, loadDocsUi, TEST_SETTINGS } from '../helper.js'
+import { call, loadDocsUi, TEST_SETTINGS, until } from '../helper.js'
 
 interface ErrorBody {
   statusCode: number
@@ -152,6 +154,35 @@ test('a WebSocket to /chat/ws works on a listening host', async (t) => {
 
   const online = await call<{ count: number }>(host, { method: 'GET', url: '/chat/users/online', headers: { authorization: `Bearer ${user.accessToken}` } })
   t.equal(online.body.count, 1, 'the socket counts as online')
+})
+
+test('under a host\'s own @fastify/websocket, the host still hears of socket errors on our route', async (t) => {
+  const heard: string[] = []
+  const host = await hostApp(t, {
+    setup: async (app) => {
+      await app.register(fastifyWebsocket, {
+        errorHandler (error, socket) {
+          heard.push(`errorHandler: ${error.message}`)
+          socket.terminate()
+        }
+      })
+      app.websocketServer.on('connection', (socket: WebSocket) => {
+        socket.on('error', (error: Error) => { heard.push(`connection listener: ${error.message}`) })
+      })
+    }
+  })
+  const address = await host.listen({ port: 0, host: '127.0.0.1' })
+  const user = await signupAndLogin(host, '/chat')
+  const client = new WebSocket(`${address.replace(/^http/, 'ws')}/chat/ws`, { headers: { authorization: `Bearer ${user.accessToken}` } })
+  t.teardown(() => { client.terminate() })
+  await once(client, 'message')
+  // A masked frame with the reserved opcode 3: the server's ws refuses it with an error.
+  const closed = once(client, 'close')
+  const tcp = (client as unknown as { _socket: { write: (data: Buffer) => void } })._socket
+  tcp.write(Buffer.from([0x83, 0x80, 0, 0, 0, 0]))
+  await closed
+  await until('the host heard of the error', () => heard.length >= 2)
+  t.match(heard.sort(), [/^connection listener: .*invalid opcode 3/, /^errorHandler: .*invalid opcode 3/], 'both the host\'s errorHandler and its own listener')
 })
 
 test('a host with its own @fastify/jwt and `config` decorator can embed it', async (t) => {
