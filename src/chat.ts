@@ -374,12 +374,17 @@ export function createChat (dependencies: ChatDependencies) {
       transport?.uncork()
     }
 
-    function write (message: EncodedMessage, route: DeliveryRoute | null): void {
-      if (socket.readyState !== OPEN) return
-      transmit(format === 'json' ? message.json : message.text)
+    /** Sends a message and counts it as this socket's (the caller checks the socket is open). */
+    function handOver (message: EncodedMessage, route: DeliveryRoute | null, sent?: () => void): void {
+      transmit(format === 'json' ? message.json : message.text, sent)
       recent.add(message.id)
       received(user.id, message.id)
       if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
+    }
+
+    function write (message: EncodedMessage, route: DeliveryRoute | null): void {
+      if (socket.readyState !== OPEN) return
+      handOver(message, route)
       checkBacklog()
     }
 
@@ -399,10 +404,7 @@ export function createChat (dependencies: ChatDependencies) {
       const timer = setTimeout(dropAsSlow, replayDrainWaitMs)
       await new Promise<void>((resolve) => {
         drained = resolve
-        transmit(format === 'json' ? message.json : message.text, () => resolve())
-        recent.add(message.id)
-        received(user.id, message.id)
-        if (route !== null) observer?.delivered(route, Date.now() - idTime(message.id))
+        handOver(message, route, resolve)
       })
       clearTimeout(timer)
       drained = null
