@@ -3,6 +3,8 @@
  * listens and which users it made, forces a garbage collection and reports
  * its memory when asked, and leaves when the parent does.
  */
+import { once } from 'node:events'
+import type { Server } from 'node:http'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import type { BenchUser, MemoryRequest, ServerMemory, ServerReady } from './ipc.js'
 
@@ -30,6 +32,15 @@ async function measureMemory (collect: boolean): Promise<ServerMemory> {
   }
   const { rss, heapUsed, heapTotal, external, arrayBuffers } = process.memoryUsage()
   return { type: 'memory', rss, heapUsed, heapTotal, external, arrayBuffers }
+}
+
+/** Listens on a free loopback port and says which (the baselines' plain HTTP servers). */
+export async function listenOnLoopback (server: Server): Promise<number> {
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const address = server.address()
+  if (address === null || typeof address === 'string') throw new Error('no port')
+  return address.port
 }
 
 /**

@@ -4,10 +4,9 @@
  * events. A `message` event goes to the recipient's room and the sender's
  * other sockets; the sender's acknowledgement callback gets `{id, ref}`.
  */
-import { once } from 'node:events'
 import { createServer } from 'node:http'
 import { Server } from 'socket.io'
-import { benchSecret, serveParent, usersToSeed } from './server-control.js'
+import { benchSecret, listenOnLoopback, serveParent, usersToSeed } from './server-control.js'
 import { signBenchUsers, tokenVerifier } from './tokens.js'
 
 const MAX_PAYLOAD = 65_536
@@ -72,13 +71,8 @@ io.on('connection', (socket) => {
   })
 })
 
-server.listen(0, '127.0.0.1')
-await once(server, 'listening')
-const address = server.address()
-if (address === null || typeof address === 'string') throw new Error('no port')
-
 serveParent({
-  port: address.port,
+  port: await listenOnLoopback(server),
   users: signBenchUsers(usersToSeed(), secret),
   close: async () => {
     io.disconnectSockets(true)

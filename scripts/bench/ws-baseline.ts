@@ -6,9 +6,8 @@
  * the sender gets an ack. Nothing is stored; nothing else is checked.
  */
 import { createServer } from 'node:http'
-import { once } from 'node:events'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { benchSecret, serveParent, usersToSeed } from './server-control.js'
+import { benchSecret, listenOnLoopback, serveParent, usersToSeed } from './server-control.js'
 import { signBenchUsers, tokenVerifier } from './tokens.js'
 
 const MAX_PAYLOAD = 65_536
@@ -75,13 +74,8 @@ server.on('upgrade', (request, socket, head) => {
   }
   wss.handleUpgrade(request, socket, head, (ws) => attach(ws, userId))
 })
-server.listen(0, '127.0.0.1')
-await once(server, 'listening')
-const address = server.address()
-if (address === null || typeof address === 'string') throw new Error('no port')
-
 serveParent({
-  port: address.port,
+  port: await listenOnLoopback(server),
   users: signBenchUsers(usersToSeed(), secret),
   close: async () => {
     for (const client of wss.clients) client.terminate()
