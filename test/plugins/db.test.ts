@@ -1,14 +1,20 @@
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import { build, call, createUser, freshDatabase, realBackends, tcpRelay, until } from '../helper.js'
 
-test('with MySQL unreachable, what needs it answers 503 and it recovers by itself', async (t) => {
-  const backends = realBackends()
-  if ('skip' in backends) return t.plan(0, backends.skip)
-  const relay = await tcpRelay(t, await freshDatabase(t, backends.mysqlUrl), 3306)
+/** An app whose database is reached through a relay the test controls, a user, and a request that needs the database (answered 200 so far). */
+async function appBehindRelay (t: Test, mysqlUrl: string) {
+  const relay = await tcpRelay(t, await freshDatabase(t, mysqlUrl), 3306)
   const app = await build(t, { mysqlUrl: relay.url })
   const alice = await createUser(app, 'Alice')
   const me = { method: 'GET' as const, url: '/users/me', headers: { authorization: `Bearer ${alice.accessToken}` } }
   t.equal((await call(app, me)).statusCode, 200)
+  return { relay, app, alice, me }
+}
+
+test('with MySQL unreachable, what needs it answers 503 and it recovers by itself', async (t) => {
+  const backends = realBackends()
+  if ('skip' in backends) return t.plan(0, backends.skip)
+  const { relay, app, alice, me } = await appBehindRelay(t, backends.mysqlUrl)
 
   await relay.cut()
   const cut = await call(app, me)
@@ -35,11 +41,7 @@ async function timed<T> (work: () => Promise<T>): Promise<{ result: T, ms: numbe
 test('with MySQL silent (connections open, no answers), requests answer 503 after the 1.5 s deadline, not after TCP gives up', async (t) => {
   const backends = realBackends()
   if ('skip' in backends) return t.plan(0, backends.skip)
-  const relay = await tcpRelay(t, await freshDatabase(t, backends.mysqlUrl), 3306)
-  const app = await build(t, { mysqlUrl: relay.url })
-  const alice = await createUser(app, 'Alice')
-  const me = { method: 'GET' as const, url: '/users/me', headers: { authorization: `Bearer ${alice.accessToken}` } }
-  t.equal((await call(app, me)).statusCode, 200)
+  const { relay, app, alice, me } = await appBehindRelay(t, backends.mysqlUrl)
 
   relay.silence()
   // The bound says "a deadline, not a hang" (which would be minutes); it is loose for a busy machine.
