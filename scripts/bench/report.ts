@@ -66,6 +66,15 @@ export interface IdleResult {
   firstError: string | null
 }
 
+/**
+ * Server CPU per socket opened: with the generator the busier side, the
+ * connect rate is its limit, and this is the figure that tells the servers apart.
+ */
+function cpuPerConnect (idle: IdleResult | undefined): number | null {
+  if (idle === undefined || idle.connectServerCores === null || !(idle.connectRate > 0)) return null
+  return idle.connectServerCores / idle.connectRate * 1e6
+}
+
 export interface ThroughputResult {
   /** Highest rate with nothing lost and p99 within the limit. */
   sustainable: number | null
@@ -143,6 +152,7 @@ const FIGURES: Figure[] = [
   { name: 'idle memory per connection, RSS slope (KiB)', value: (kind, r) => r.idle[kind]?.rssPerSocket, format: kib },
   { name: 'idle memory per connection, JS heap slope (KiB)', value: (kind, r) => r.idle[kind]?.heapPerSocket, format: kib },
   { name: 'connect rate (sockets/s)', value: (kind, r) => r.idle[kind]?.connectRate, format: integer },
+  { name: 'server CPU per connection opened (µs)', value: (kind, r) => cpuPerConnect(r.idle[kind]), format: integer },
   { name: 'capacity: highest rate, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.capacity, format: integer },
   { name: 'max sustainable throughput: p99 ≤ limit, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.sustainable, format: integer },
   { name: 'server CPU per delivered message at capacity (µs)', value: (kind, r) => r.throughput[kind]?.atCapacity?.cpuPerMessageMicros, format: (v) => decimal(v, 1) },
@@ -224,6 +234,7 @@ export function targets (results: RunResults): Target[] {
     { name: 'idle memory per connection, Switchboard/ws', measured: ratio(idle.switchboard?.rssPerSocket, idle.ws?.rssPerSocket), bound: 1.3, atLeast: false, unit: 'x' },
     { name: 'idle memory per connection, Switchboard/Socket.IO', measured: ratio(idle.switchboard?.rssPerSocket, idle.socketio?.rssPerSocket), bound: 1, atLeast: false, unit: 'x' },
     { name: 'connect rate, Switchboard/ws', measured: ratio(idle.switchboard?.connectRate, idle.ws?.connectRate), bound: 0.7, atLeast: true, unit: 'x' },
+    { name: 'CPU per connection opened, ws/Switchboard (efficiency)', measured: ratio(cpuPerConnect(idle.ws), cpuPerConnect(idle.switchboard)), bound: 0.7, atLeast: true, unit: 'x' },
     { name: 'latency p99 at half max, one node', measured: sb?.half?.latency.p99 ?? null, bound: 5, atLeast: false, unit: ' ms' },
     { name: 'latency p99 at half max, two nodes', measured: cluster?.half?.latency.p99 ?? null, bound: 10, atLeast: false, unit: ' ms' },
     { name: 'capacity on MariaDB / in memory', measured: ratio(mysql?.capacity, sb?.capacity), bound: 0.5, atLeast: true, unit: 'x' },
@@ -268,11 +279,11 @@ export function stepLine (step: StepResult): string {
 function memoryLines (results: RunResults): string[] {
   const kinds = results.servers.filter((kind) => results.idle[kind] !== undefined)
   if (kinds.length === 0) return []
-  const lines = ['| server | connect rate (sockets/s) | server cores busy meanwhile | generator cores busy meanwhile |', '|---|---|---|---|']
+  const lines = ['| server | connect rate (sockets/s) | server CPU per connection (µs) | server cores busy meanwhile | generator cores busy meanwhile |', '|---|---|---|---|---|']
   for (const kind of kinds) {
     const idle = results.idle[kind] as IdleResult
     const busier = idle.connectServerCores !== null && idle.connectGeneratorCores !== null && idle.connectGeneratorCores > idle.connectServerCores
-    lines.push(`| ${SERVER_LABELS[kind]} | ${integer(idle.connectRate)} | ${decimal(idle.connectServerCores)} | ${decimal(idle.connectGeneratorCores)}${busier ? ' (generator busier than server)' : ''} |`)
+    lines.push(`| ${SERVER_LABELS[kind]} | ${integer(idle.connectRate)} | ${integer(cpuPerConnect(idle))} | ${decimal(idle.connectServerCores)} | ${decimal(idle.connectGeneratorCores)}${busier ? ' (generator busier than server)' : ''} |`)
   }
   lines.push('', '| server | sockets | RSS (MiB) | JS heap used (MiB) |', '|---|---|---|---|')
   for (const kind of kinds) {
