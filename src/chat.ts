@@ -2,6 +2,7 @@ import { nextTick } from 'node:process'
 import type { AccessTokenIdentity } from './access-tokens.js'
 import type { Cluster } from './cluster.js'
 import type { Connection, ConnectionRegistry, DeliveryRoute } from './connections.js'
+import { ExpiryTimers } from './expiry-timers.js'
 import { compareIds, firstIdAt, idTime, previousId } from './ids.js'
 import {
   CLOSE_CODES, PONG_FRAME, ackFrame, encodeMessage, errorFrame, parseClientFrame, presenceFrame, welcomeFrame,
@@ -104,9 +105,6 @@ function byteLength (data: Buffer | ArrayBuffer | Buffer[]): number {
   return Array.isArray(data) ? data.reduce((total, part) => total + part.byteLength, 0) : data.byteLength
 }
 
-/** Timers longer than this overflow Node's 32-bit delay; re-armed when they fire early. */
-const MAX_TIMER_MS = 2_147_483_647
-
 /** Without a bus, a late second copy of a message comes within moments of the first. */
 export const LOCAL_RECENT_WINDOW_MS = 5000
 /**
@@ -184,6 +182,8 @@ class ChatContext {
   readonly replayReads = createLimiter(REPLAY_READS_AT_ONCE)
   /** How fast one socket may send frames: every socket's bucket refills at this rate. */
   readonly frameRate: TokenRate
+  /** Closes each socket once its access token has expired, with one timer for all of them. */
+  readonly expiries = new ExpiryTimers<Session>((session) => session.close(CLOSE_CODES.tokenExpired, 'access token expired'))
   /** The sockets corked this turn, uncorked together once it ends. */
   toUncork: Session[] = []
   /** Per online user: the newest message one of their sockets received (or had acknowledged). */
@@ -316,8 +316,9 @@ interface HeldBack {
  * what the socket's frames and the bus's events do to it.
  *
  * A class, not a factory of closures, because every socket has one: its
- * methods are shared, and an idle socket holds one object of fields. Each
- * field is set when it is made, in one order, so that all share a shape.
+ * methods are shared, and an idle socket holds one object of fields. Every
+ * field is declared here, so each session gets them in the same order and
+ * all sessions share one hidden class.
  */
 class Session implements Connection, SessionControl {
   private readonly chat: ChatContext
@@ -329,7 +330,6 @@ class Session implements Connection, SessionControl {
   /** How fast the client may send frames. */
   private readonly bucket: TokenBucket
   private readonly recent: RecentIds
-  private expiryTimer: NodeJS.Timeout | undefined = undefined
   private slowTimer: NodeJS.Timeout | undefined = undefined
   /** The transport corked this turn, if any. */
   private corkedTransport: Transport | null = null
@@ -532,15 +532,15 @@ class Session implements Connection, SessionControl {
     this.checkBacklog()
   }
 
+  /** Closes the socket once its token expires: at once if it has, else by the chat's one expiry timer. */
   private armExpiry (): void {
-    clearTimeout(this.expiryTimer)
-    const delay = this.expiresAt - Date.now()
-    if (delay <= 0) {
+    // A refresh that finished after the socket closed: nothing to close, and nothing may keep the session.
+    if (this.socketClosed) return
+    if (this.expiresAt <= Date.now()) {
       this.close(CLOSE_CODES.tokenExpired, 'access token expired')
       return
     }
-    this.expiryTimer = setTimeout(() => this.armExpiry(), Math.min(delay, MAX_TIMER_MS))
-    this.expiryTimer.unref()
+    this.chat.expiries.add(this, this.expiresAt)
   }
 
   /** Sends what the store holds for the user after `after` that this socket was not sent yet. */
@@ -659,6 +659,7 @@ class Session implements Connection, SessionControl {
       this.sendError({ code: 'BAD_FORMAT', message: 'the session of this token has ended' })
       return
     }
+    this.chat.expiries.delete(this, this.expiresAt)
     this.expiresAt = next.expiresAt
     // A token from a newer login moves the socket to that session (its logout closes it).
     this.sessionId = next.sessionId
@@ -846,7 +847,7 @@ class Session implements Connection, SessionControl {
     this.socketClosed = true
     this.closing = true
     this.drained?.()
-    clearTimeout(this.expiryTimer)
+    this.chat.expiries.delete(this, this.expiresAt)
     clearTimeout(this.slowTimer)
     this.chat.sessions.delete(this)
     this.unwatchAll()

@@ -544,6 +544,18 @@ test('an expiring access token closes the socket with 4001', async (t) => {
   t.match(await alice.socket.closed, { code: 4001 })
 })
 
+test('a socket that closed before its token expired is left alone at expiry', async (t) => {
+  const { connect } = setup(t)
+  const expiresAt = Date.now() + 20
+  const alice = connect(1, { identity: { userId: 1, sessionId: 'session-of-1', expiresAt } })
+  const bob = connect(2, { identity: { userId: 2, sessionId: 'session-of-2', expiresAt } })
+  alice.disconnect()
+  const keepAlive = setInterval(() => {}, 1000)
+  t.teardown(() => clearInterval(keepAlive))
+  t.match(await bob.socket.closed, { code: 4001 }, 'the other socket of that deadline expires')
+  t.strictSame(alice.socket.closes, [])
+})
+
 test('a session opened with an already expired token closes at once with 4001', async (t) => {
   const { connect } = setup(t)
   const alice = connect(1, { identity: { userId: 1, sessionId: 'session-of-1', expiresAt: Date.now() - 1 } })
