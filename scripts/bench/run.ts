@@ -43,7 +43,7 @@ import {
   startGenerators, throughput, type Profile
 } from './scenarios.js'
 import {
-  LOG_DIR, runCleanups, scratchDatabase, scratchPrefix, SERVER_CORE, SOURCE_DIR, SWITCHBOARD_LIMITS, withServer
+  databaseDurability, LOG_DIR, runCleanups, scratchDatabase, scratchPrefix, SERVER_CORE, SOURCE_DIR, SWITCHBOARD_LIMITS, withServer
 } from './servers.js'
 
 const SCENARIOS = ['memory', 'throughput', 'mysql', 'cluster'] as const
@@ -187,6 +187,10 @@ async function main (): Promise<void> {
   results.settings.push(background === null
     ? 'machine load before the run: unknown (no /proc/stat)'
     : `machine load before the run: ${background.toFixed(2)} cores busy${background > 0.1 ? ' (other work on the machine: the figures are noisier than they would be on a quiet one; see "other cores" in every step)' : ''}`)
+  const mysqlInUse = configured('MYSQL_URL')
+  if (mysqlInUse !== null && options.servers.includes('switchboard') && (options.scenarios.has('mysql') || options.scenarios.has('cluster'))) {
+    results.settings.push(await databaseDurability(mysqlInUse))
+  }
   for (const line of results.settings) console.log(line)
   const generators = startGenerators(options.generators, options.childFlags)
   try {

@@ -140,6 +140,24 @@ export async function scratchDatabase (serverUrl: string): Promise<string> {
   return url.toString()
 }
 
+/**
+ * What the database server does at each commit: with
+ * innodb_flush_log_at_trx_commit=1 every commit waits for the disk, so the
+ * disk's flush latency sets the tail of every figure on MariaDB.
+ */
+export async function databaseDurability (serverUrl: string): Promise<string> {
+  const connection = await mysql.createConnection(serverUrl)
+  try {
+    const [rows] = await connection.query<Array<mysql.RowDataPacket & { version: string, flush: number }>>(
+      'SELECT VERSION() AS version, @@innodb_flush_log_at_trx_commit AS flush')
+    const { version, flush } = rows[0] ?? { version: 'unknown', flush: Number.NaN }
+    const meaning = Number(flush) === 1 ? 'every commit waits for the disk to flush' : 'commits do not wait for the disk'
+    return `MariaDB ${String(version)}, innodb_flush_log_at_trx_commit=${String(flush)} (${meaning})`
+  } finally {
+    await connection.end()
+  }
+}
+
 /** A fresh key prefix, every key under it deleted (SCAN + DEL) when the run ends. */
 export function scratchPrefix (redisUrl: string): string {
   const prefix = `bench:${randomBytes(4).toString('hex')}:`
