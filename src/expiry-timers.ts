@@ -47,7 +47,17 @@ export class ExpiryTimers<T> {
 
   /** Forgets `item`, added with `deadline`; one that was not there (or has expired) is ignored. */
   delete (item: T, deadline: number): void {
-    if (this.byDeadline.get(deadline)?.delete(item) === true) this.count--
+    if (this.byDeadline.get(deadline)?.delete(item) !== true) return
+    // None left: the deadlines left are all empty, and the timer must not keep its owner alive.
+    if (--this.count === 0) this.reset()
+  }
+
+  private reset (): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    this.armedFor = Infinity
+    this.byDeadline.clear()
+    this.deadlines.length = 0
   }
 
   /** Items still to expire. */
@@ -75,6 +85,10 @@ export class ExpiryTimers<T> {
         this.count--
         this.expire(item)
       }
+    }
+    if (this.count === 0) {
+      this.reset()
+      return
     }
     const next = this.deadlines[0]
     if (next !== undefined && next < this.armedFor) this.arm(next)

@@ -1,4 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { test, type Test } from 'tap'
 import { ExpiryTimers } from '../../src/expiry-timers.js'
 
@@ -59,6 +61,31 @@ test('a deleted item never expires and is not kept', async (t) => {
   await until(() => expired.length > 0)
   await sleep(20)
   t.strictSame(expired, ['open'])
+})
+
+// The test needs to collect garbage on demand; tap does not start node with --expose-gc.
+setFlagsFromString('--expose-gc')
+const collectGarbage = runInNewContext('gc') as () => void
+
+/** Timers whose expire callback alone holds `owner` (the chat and the app behind it); each item added, then deleted. */
+function addAndDeleteAll (items: Array<[string, number]>): WeakRef<object> {
+  const owner = { app: 'closed' }
+  const timers = new ExpiryTimers<string>(() => { throw new Error(`expired, for ${owner.app}`) })
+  for (const [item, deadline] of items) timers.add(item, deadline)
+  for (const [item, deadline] of items) timers.delete(item, deadline)
+  if (timers.size !== 0) throw new Error('items left')
+  return new WeakRef(owner)
+}
+
+test('with no item left, the timer lets go of what expiring would reach (a closed app)', async (t) => {
+  keepAlive(t)
+  const now = Date.now()
+  const ownerGone = addAndDeleteAll([['socket', now + 60_000], ['other socket', now + 120_000]])
+  for (let attempt = 0; attempt < 5 && ownerGone.deref() !== undefined; attempt++) {
+    await sleep(10)
+    collectGarbage()
+  }
+  t.equal(ownerGone.deref(), undefined, 'collected: no timer is left armed holding it')
 })
 
 test('moving an item to a later deadline (a refreshed token) expires it then, once', async (t) => {
