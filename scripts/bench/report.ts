@@ -234,7 +234,6 @@ export function targets (results: RunResults): Target[] {
     { name: 'idle memory per connection, Switchboard/ws', measured: ratio(idle.switchboard?.rssPerSocket, idle.ws?.rssPerSocket), bound: 1.3, atLeast: false, unit: 'x' },
     { name: 'idle memory per connection, Switchboard/Socket.IO', measured: ratio(idle.switchboard?.rssPerSocket, idle.socketio?.rssPerSocket), bound: 1, atLeast: false, unit: 'x' },
     { name: 'connect rate, Switchboard/ws', measured: ratio(idle.switchboard?.connectRate, idle.ws?.connectRate), bound: 0.7, atLeast: true, unit: 'x' },
-    { name: 'CPU per connection opened, ws/Switchboard (efficiency)', measured: ratio(cpuPerConnect(idle.ws), cpuPerConnect(idle.switchboard)), bound: 0.7, atLeast: true, unit: 'x' },
     { name: 'latency p99 at half max, one node', measured: sb?.half?.latency.p99 ?? null, bound: 5, atLeast: false, unit: ' ms' },
     { name: 'latency p99 at half max, two nodes', measured: cluster?.half?.latency.p99 ?? null, bound: 10, atLeast: false, unit: ' ms' },
     { name: 'capacity on MariaDB / in memory', measured: ratio(mysql?.capacity, sb?.capacity), bound: 0.5, atLeast: true, unit: 'x' },
