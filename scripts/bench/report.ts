@@ -87,6 +87,32 @@ export interface ThroughputResult {
   steps: StepResult[]
 }
 
+/** A throughput run as far as a figure needs its steps. */
+interface StepsOf<Field extends keyof StepResult> {
+  steps: Array<Pick<StepResult, Field>>
+}
+
+/**
+ * The highest rate every server measured a step at and kept up with (nothing
+ * lost). CPU per message there compares the servers at one load; at capacity
+ * each is measured at its own rate, and a higher rate costs less per
+ * message (more frames share a write), so that figure moves with the capacity.
+ */
+export function commonRate (results: { servers: ServerKind[], throughput: Partial<Record<ServerKind, StepsOf<'rate' | 'capacityPass'>>> }): number | null {
+  const runs = results.servers.map((kind) => results.throughput[kind])
+  if (runs.length === 0 || runs.some((run) => run === undefined)) return null
+  const passed = runs.map((run) => new Set((run as StepsOf<'rate' | 'capacityPass'>).steps.filter((step) => step.capacityPass).map((step) => step.rate)))
+  const shared = [...(passed[0] as Set<number>)].filter((rate) => passed.every((rates) => rates.has(rate)))
+  return shared.length === 0 ? null : Math.max(...shared)
+}
+
+/** Server CPU per message at `rate`: the mean of the steps at that rate that kept up. */
+export function cpuPerMessageAt (run: StepsOf<'rate' | 'capacityPass' | 'cpuPerMessageMicros'> | undefined, rate: number | null): number | null {
+  if (run === undefined || rate === null) return null
+  const readings = run.steps.filter((step) => step.rate === rate && step.capacityPass).flatMap((step) => step.cpuPerMessageMicros ?? [])
+  return readings.length === 0 ? null : readings.reduce((sum, micros) => sum + micros, 0) / readings.length
+}
+
 export interface RunResults {
   startedAt: Date
   command: string
@@ -156,6 +182,8 @@ const FIGURES: Figure[] = [
   { name: 'capacity: highest rate, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.capacity, format: integer },
   { name: 'max sustainable throughput: p99 ≤ limit, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.sustainable, format: integer },
   { name: 'server CPU per delivered message at capacity (µs)', value: (kind, r) => r.throughput[kind]?.atCapacity?.cpuPerMessageMicros, format: (v) => decimal(v, 1) },
+  { name: 'common rate: the highest all servers kept up with (msgs/s)', value: (_kind, r) => commonRate(r), format: integer },
+  { name: 'server CPU per delivered message at the common rate (µs)', value: (kind, r) => cpuPerMessageAt(r.throughput[kind], commonRate(r)), format: (v) => decimal(v, 1) },
   { name: 'server CPU per delivered message at half max (µs)', value: (kind, r) => r.throughput[kind]?.half?.cpuPerMessageMicros, format: (v) => decimal(v, 1) },
   { name: 'rate of the half-max step (msgs/s)', value: (kind, r) => r.throughput[kind]?.half?.rate, format: integer },
   { name: 'latency p50 at half max (ms)', value: (kind, r) => r.throughput[kind]?.half?.latency.p50, format: ms },
@@ -226,11 +254,14 @@ export function targets (results: RunResults): Target[] {
   const idle = results.idle
   const mysql = ran(results.mysql) ? results.mysql : null
   const cluster = ran(results.cluster) ? results.cluster : null
+  const common = commonRate(results)
   const list: Target[] = [
     { name: 'capacity, Switchboard/ws', measured: ratio(sb?.capacity, ws?.capacity), bound: 0.9, atLeast: true, unit: 'x' },
     { name: 'capacity, Switchboard/Socket.IO', measured: ratio(sb?.capacity, sio?.capacity), bound: 2, atLeast: true, unit: 'x' },
     { name: 'CPU per message at capacity, ws/Switchboard (efficiency)', measured: ratio(ws?.atCapacity?.cpuPerMessageMicros, sb?.atCapacity?.cpuPerMessageMicros), bound: 0.9, atLeast: true, unit: 'x' },
     { name: 'CPU per message at capacity, Socket.IO/Switchboard (efficiency)', measured: ratio(sio?.atCapacity?.cpuPerMessageMicros, sb?.atCapacity?.cpuPerMessageMicros), bound: 2, atLeast: true, unit: 'x' },
+    { name: 'CPU per message at the common rate, ws/Switchboard (efficiency)', measured: ratio(cpuPerMessageAt(ws, common), cpuPerMessageAt(sb, common)), bound: 0.9, atLeast: true, unit: 'x' },
+    { name: 'CPU per message at the common rate, Socket.IO/Switchboard (efficiency)', measured: ratio(cpuPerMessageAt(sio, common), cpuPerMessageAt(sb, common)), bound: 2, atLeast: true, unit: 'x' },
     { name: 'idle memory per connection, Switchboard/ws', measured: ratio(idle.switchboard?.rssPerSocket, idle.ws?.rssPerSocket), bound: 1.3, atLeast: false, unit: 'x' },
     { name: 'idle memory per connection, Switchboard/Socket.IO', measured: ratio(idle.switchboard?.rssPerSocket, idle.socketio?.rssPerSocket), bound: 1, atLeast: false, unit: 'x' },
     { name: 'connect rate, Switchboard/ws', measured: ratio(idle.switchboard?.connectRate, idle.ws?.connectRate), bound: 0.7, atLeast: true, unit: 'x' },
