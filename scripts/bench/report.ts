@@ -93,23 +93,25 @@ interface StepsOf<Field extends keyof StepResult> {
 }
 
 /**
- * The highest rate every server measured a step at and kept up with (nothing
- * lost). CPU per message there compares the servers at one load; at capacity
- * each is measured at its own rate, and a higher rate costs less per
- * message (more frames share a write), so that figure moves with the capacity.
+ * The highest rate every server measured a step at and sustained (nothing
+ * lost, p99 within the limit): one load, below every server's saturation.
+ * CPU per message there compares the servers at the same work; at capacity
+ * each is measured at its own rate, saturated, and a higher rate costs less
+ * per message (more frames share a write), so that figure moves with the
+ * capacity.
  */
-export function commonRate (results: { servers: ServerKind[], throughput: Partial<Record<ServerKind, StepsOf<'rate' | 'capacityPass'>>> }): number | null {
+export function commonRate (results: { servers: ServerKind[], throughput: Partial<Record<ServerKind, StepsOf<'rate' | 'sustainable'>>> }): number | null {
   const runs = results.servers.map((kind) => results.throughput[kind])
   if (runs.length === 0 || runs.some((run) => run === undefined)) return null
-  const passed = runs.map((run) => new Set((run as StepsOf<'rate' | 'capacityPass'>).steps.filter((step) => step.capacityPass).map((step) => step.rate)))
-  const shared = [...(passed[0] as Set<number>)].filter((rate) => passed.every((rates) => rates.has(rate)))
+  const sustained = runs.map((run) => new Set((run as StepsOf<'rate' | 'sustainable'>).steps.filter((step) => step.sustainable).map((step) => step.rate)))
+  const shared = [...(sustained[0] as Set<number>)].filter((rate) => sustained.every((rates) => rates.has(rate)))
   return shared.length === 0 ? null : Math.max(...shared)
 }
 
-/** Server CPU per message at `rate`: the mean of the steps at that rate that kept up. */
-export function cpuPerMessageAt (run: StepsOf<'rate' | 'capacityPass' | 'cpuPerMessageMicros'> | undefined, rate: number | null): number | null {
+/** Server CPU per message at `rate`: the mean of the steps at that rate that were sustained. */
+export function cpuPerMessageAt (run: StepsOf<'rate' | 'sustainable' | 'cpuPerMessageMicros'> | undefined, rate: number | null): number | null {
   if (run === undefined || rate === null) return null
-  const readings = run.steps.filter((step) => step.rate === rate && step.capacityPass).flatMap((step) => step.cpuPerMessageMicros ?? [])
+  const readings = run.steps.filter((step) => step.rate === rate && step.sustainable).flatMap((step) => step.cpuPerMessageMicros ?? [])
   return readings.length === 0 ? null : readings.reduce((sum, micros) => sum + micros, 0) / readings.length
 }
 
@@ -159,8 +161,11 @@ function kib (bytes: Cell): string {
   return bytes === null || bytes === undefined ? '–' : decimal(bytes / 1024, 1)
 }
 
+/** a / b, or null where either is missing or the quotient is not a number (NaN, a division by 0). */
 export function ratio (a: Cell, b: Cell): number | null {
-  return a === null || a === undefined || b === null || b === undefined || b === 0 ? null : a / b
+  if (a === null || a === undefined || b === null || b === undefined) return null
+  const quotient = a / b
+  return Number.isFinite(quotient) ? quotient : null
 }
 
 function ratioCell (a: Cell, b: Cell): string {
@@ -172,6 +177,8 @@ interface Figure {
   name: string
   value: (kind: ServerKind, results: RunResults) => Cell
   format: (value: Cell) => string
+  /** The same for every server by definition: no ratio columns. */
+  shared?: boolean
 }
 
 const FIGURES: Figure[] = [
@@ -182,7 +189,7 @@ const FIGURES: Figure[] = [
   { name: 'capacity: highest rate, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.capacity, format: integer },
   { name: 'max sustainable throughput: p99 ≤ limit, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.sustainable, format: integer },
   { name: 'server CPU per delivered message at capacity (µs)', value: (kind, r) => r.throughput[kind]?.atCapacity?.cpuPerMessageMicros, format: (v) => decimal(v, 1) },
-  { name: 'common rate: the highest all servers kept up with (msgs/s)', value: (_kind, r) => commonRate(r), format: integer },
+  { name: 'common rate: the highest all servers sustained (msgs/s)', value: (_kind, r) => commonRate(r), format: integer, shared: true },
   { name: 'server CPU per delivered message at the common rate (µs)', value: (kind, r) => cpuPerMessageAt(r.throughput[kind], commonRate(r)), format: (v) => decimal(v, 1) },
   { name: 'server CPU per delivered message at half max (µs)', value: (kind, r) => r.throughput[kind]?.half?.cpuPerMessageMicros, format: (v) => decimal(v, 1) },
   { name: 'rate of the half-max step (msgs/s)', value: (kind, r) => r.throughput[kind]?.half?.rate, format: integer },
@@ -200,7 +207,7 @@ function sideBySide (results: RunResults): string[] {
   for (const figure of FIGURES) {
     const values = kinds.map((kind) => figure.value(kind, results))
     if (values.every((value) => value === null || value === undefined)) continue
-    const ratios = ratioColumns.map((kind) => ratioCell(figure.value('switchboard', results), figure.value(kind, results)))
+    const ratios = ratioColumns.map((kind) => figure.shared === true ? '' : ratioCell(figure.value('switchboard', results), figure.value(kind, results)))
     lines.push(`| ${figure.name} | ${[...values.map(figure.format), ...ratios].join(' | ')} |`)
   }
   return lines
@@ -279,7 +286,8 @@ function targetLines (results: RunResults): string[] {
   const lines = ['| target (issue 6) | needed | measured | met |', '|---|---|---|---|']
   for (const { name, measured, bound, atLeast, unit } of list) {
     const met = atLeast ? (measured as number) >= bound : (measured as number) <= bound
-    lines.push(`| ${name} | ${atLeast ? '≥' : '≤'} ${bound}${unit} | ${decimal(measured)}${unit} | ${met ? 'yes' : '**no**'} |`)
+    // Three digits: a ratio just under its bound (0.899) must not print as the bound itself.
+    lines.push(`| ${name} | ${atLeast ? '≥' : '≤'} ${bound}${unit} | ${decimal(measured, 3)}${unit} | ${met ? 'yes' : '**no**'} |`)
   }
   return lines
 }

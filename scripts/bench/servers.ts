@@ -151,8 +151,8 @@ export async function databaseDurability (serverUrl: string): Promise<string> {
     const [rows] = await connection.query<Array<mysql.RowDataPacket & { version: string, flush: number }>>(
       'SELECT VERSION() AS version, @@innodb_flush_log_at_trx_commit AS flush')
     const { version, flush } = rows[0] ?? { version: 'unknown', flush: Number.NaN }
-    const meaning = Number(flush) === 1 ? 'every commit waits for the disk to flush' : 'commits do not wait for the disk'
-    return `MariaDB ${String(version)}, innodb_flush_log_at_trx_commit=${String(flush)} (${meaning})`
+    const meaning = Number(flush) === 1 ? 'each commit waits for its redo log to reach the disk' : 'commits do not wait for the redo log to reach the disk'
+    return `database ${String(version)}, innodb_flush_log_at_trx_commit=${String(flush)} (${meaning})`
   } finally {
     await connection.end()
   }

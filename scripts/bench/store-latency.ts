@@ -1,9 +1,10 @@
 /**
  * Switchboard's storage path alone, without sockets: the MariaDB message
  * store behind the same group-commit batcher the server uses, fed
- * open-loop at fixed rates. It tells how much of the latency on MariaDB
- * is the database's own (each batch is one INSERT, committed before the
- * next one starts).
+ * open-loop at fixed rates. Each message's latency runs from its add to its
+ * save resolving. It tells how much of the latency on MariaDB is the
+ * database's own (each batch is one INSERT, committed before the next one
+ * starts).
  *
  *   MYSQL_URL=mysql://root@127.0.0.1:3306/test npm run bench:store -- [--rates 1000,2000,4000] [--seconds 6]
  *
@@ -49,10 +50,12 @@ async function main (): Promise<void> {
     const store = createMysqlMessageStore(pool)
     const nextId = createIdGenerator({ nodeId: 1 }).next
     const text = 'x'.repeat(TEXT_BYTES)
-    console.log('| rate (msgs/s) | stored/s | batches | mean batch | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) |')
-    console.log('|---|---|---|---|---|---|---|---|')
+    console.log('| rate (msgs/s) | stored/s | batches | mean batch | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | probe lag p99 (ms) |')
+    console.log('|---|---|---|---|---|---|---|---|---|')
     for (const rate of rates) {
       const histogram = latencyHistogram()
+      /** How late each message was added against its due time: the probe's own lag. */
+      const lag = latencyHistogram()
       let batches = 0
       const batcher = createBatcher<StoredMessage, SaveOutcome>({
         flush: async (messages) => {
@@ -69,11 +72,14 @@ async function main (): Promise<void> {
       await new Promise<void>((resolve) => {
         const tick = setInterval(() => {
           const elapsed = performance.now() - started
-          // Open-loop: each message is due at its own time, and its latency counts from then.
-          for (const due = Math.min(Math.floor(elapsed / 1000 * rate), Math.floor(seconds * rate)); added < due; added++) {
-            const dueAt = started + added * 1000 / rate
+          // Open-loop: message n is due at n / rate, and every message due by now is added (the timer
+          // fires about every millisecond). Its latency counts from its add, as a server's does from the
+          // frame's arrival; how late the adds came is the lag column.
+          for (const due = Math.min(Math.floor(elapsed / 1000 * rate) + 1, Math.floor(seconds * rate)); added < due; added++) {
+            const addedAt = performance.now()
+            recordMicros(lag, (addedAt - (started + added * 1000 / rate)) * 1000)
             const message: StoredMessage = { id: nextId(), from: 1 + (added % 2000), to: 1 + ((added + 1) % 2000), text, sentAt: new Date().toISOString(), ref: `probe-${added}` }
-            saves.push(batcher.add(message).then(() => { recordMicros(histogram, (performance.now() - dueAt) * 1000) }))
+            saves.push(batcher.add(message).then(() => { recordMicros(histogram, (performance.now() - addedAt) * 1000) }))
           }
           if (elapsed >= seconds * 1000) {
             clearInterval(tick)
@@ -84,7 +90,7 @@ async function main (): Promise<void> {
       await Promise.all(saves)
       const took = (performance.now() - started) / 1000
       const { p50, p99, p999, max } = summarize(histogram)
-      const row = [rate, Math.round(added / took), batches, (added / batches).toFixed(1), p50.toFixed(2), p99.toFixed(2), p999.toFixed(2), max.toFixed(1)]
+      const row = [rate, Math.round(added / took), batches, batches === 0 ? '–' : (added / batches).toFixed(1), p50.toFixed(2), p99.toFixed(2), p999.toFixed(2), max.toFixed(1), summarize(lag).p99.toFixed(2)]
       console.log(`| ${row.map((cell) => typeof cell === 'number' ? cell.toLocaleString('en-US') : cell).join(' | ')} |`)
     }
   } finally {
