@@ -93,25 +93,28 @@ interface StepsOf<Field extends keyof StepResult> {
 }
 
 /**
- * The highest rate every server measured a step at and sustained (nothing
- * lost, p99 within the limit): one load, below every server's saturation.
- * CPU per message there compares the servers at the same work; at capacity
- * each is measured at its own rate, saturated, and a higher rate costs less
- * per message (more frames share a write), so that figure moves with the
- * capacity.
+ * One load for every server, well below saturation: the highest rate every
+ * server measured a step at and kept up with (nothing lost), at most half the
+ * lowest capacity among them. CPU per message there compares the servers at
+ * the same work. At capacity each is measured at its own rate, saturated, and
+ * a higher rate costs less per message (more frames share a write), so that
+ * figure moves with the capacity itself.
  */
-export function commonRate (results: { servers: ServerKind[], throughput: Partial<Record<ServerKind, StepsOf<'rate' | 'sustainable'>>> }): number | null {
+export function commonRate (results: { servers: ServerKind[], throughput: Partial<Record<ServerKind, { capacity: number | null } & StepsOf<'rate' | 'capacityPass'>>> }): number | null {
   const runs = results.servers.map((kind) => results.throughput[kind])
-  if (runs.length === 0 || runs.some((run) => run === undefined)) return null
-  const sustained = runs.map((run) => new Set((run as StepsOf<'rate' | 'sustainable'>).steps.filter((step) => step.sustainable).map((step) => step.rate)))
-  const shared = [...(sustained[0] as Set<number>)].filter((rate) => sustained.every((rates) => rates.has(rate)))
+  if (runs.length === 0) return null
+  const capacities = runs.map((run) => run?.capacity ?? null)
+  if (capacities.some((capacity) => capacity === null)) return null
+  const ceiling = Math.min(...(capacities as number[])) / 2
+  const keptUp = runs.map((run) => new Set((run as StepsOf<'rate' | 'capacityPass'>).steps.filter((step) => step.capacityPass && step.rate <= ceiling).map((step) => step.rate)))
+  const shared = [...(keptUp[0] as Set<number>)].filter((rate) => keptUp.every((rates) => rates.has(rate)))
   return shared.length === 0 ? null : Math.max(...shared)
 }
 
-/** Server CPU per message at `rate`: the mean of the steps at that rate that were sustained. */
-export function cpuPerMessageAt (run: StepsOf<'rate' | 'sustainable' | 'cpuPerMessageMicros'> | undefined, rate: number | null): number | null {
+/** Server CPU per message at `rate`: the mean of the steps at that rate that kept up. */
+export function cpuPerMessageAt (run: StepsOf<'rate' | 'capacityPass' | 'cpuPerMessageMicros'> | undefined, rate: number | null): number | null {
   if (run === undefined || rate === null) return null
-  const readings = run.steps.filter((step) => step.rate === rate && step.sustainable).flatMap((step) => step.cpuPerMessageMicros ?? [])
+  const readings = run.steps.filter((step) => step.rate === rate && step.capacityPass).flatMap((step) => step.cpuPerMessageMicros ?? [])
   return readings.length === 0 ? null : readings.reduce((sum, micros) => sum + micros, 0) / readings.length
 }
 
@@ -189,7 +192,7 @@ const FIGURES: Figure[] = [
   { name: 'capacity: highest rate, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.capacity, format: integer },
   { name: 'max sustainable throughput: p99 ≤ limit, nothing lost (msgs/s)', value: (kind, r) => r.throughput[kind]?.sustainable, format: integer },
   { name: 'server CPU per delivered message at capacity (µs)', value: (kind, r) => r.throughput[kind]?.atCapacity?.cpuPerMessageMicros, format: (v) => decimal(v, 1) },
-  { name: 'common rate: the highest all servers sustained (msgs/s)', value: (_kind, r) => commonRate(r), format: integer, shared: true },
+  { name: 'common rate: at most half the lowest capacity, all kept up (msgs/s)', value: (_kind, r) => commonRate(r), format: integer, shared: true },
   { name: 'server CPU per delivered message at the common rate (µs)', value: (kind, r) => cpuPerMessageAt(r.throughput[kind], commonRate(r)), format: (v) => decimal(v, 1) },
   { name: 'server CPU per delivered message at half max (µs)', value: (kind, r) => r.throughput[kind]?.half?.cpuPerMessageMicros, format: (v) => decimal(v, 1) },
   { name: 'rate of the half-max step (msgs/s)', value: (kind, r) => r.throughput[kind]?.half?.rate, format: integer },
