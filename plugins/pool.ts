@@ -25,6 +25,12 @@ const MAX_BATCH = 1000
  * well under MariaDB's default 16 MiB max_allowed_packet.
  */
 const MAX_BATCH_TEXT = 2_000_000
+/** How messages are grouped into one save (the store benchmark groups them the same way). */
+export const MESSAGE_BATCHING = {
+  maxBatch: MAX_BATCH,
+  maxWeight: MAX_BATCH_TEXT,
+  weigh: (message: StoredMessage): number => message.text.length + (message.ref?.length ?? 0)
+}
 /** How long shutdown waits for sockets to finish the closing handshake before it drops them. */
 const CLOSE_WAIT_MS = 3000
 /** Known user ids remembered, so messages to offline users rarely ask the database. */
@@ -61,12 +67,7 @@ export default fp(async function poolPlugin (fastify) {
       await lease.release()
     })
   }
-  const batcher = createBatcher<StoredMessage, SaveOutcome>({
-    flush: messages.save,
-    maxBatch: MAX_BATCH,
-    maxWeight: MAX_BATCH_TEXT,
-    weigh: (message) => message.text.length + (message.ref?.length ?? 0)
-  })
+  const batcher = createBatcher<StoredMessage, SaveOutcome>({ flush: messages.save, ...MESSAGE_BATCHING })
   // Accounts are never deleted, so a user once found stays found.
   const knownUsers = new Set<number>()
 

@@ -12,6 +12,7 @@
  */
 import { parseArgs } from 'node:util'
 import { createPool } from 'mysql2/promise'
+import { MESSAGE_BATCHING } from '../../plugins/pool.js'
 import { createBatcher } from '../../src/batcher.js'
 import { createIdGenerator } from '../../src/ids.js'
 import { createMysqlMessageStore } from '../../src/stores/messages-mysql.js'
@@ -21,9 +22,6 @@ import { TEXT_BYTES } from './accounting.js'
 import { latencyHistogram, recordMicros, summarize } from './histograms.js'
 import { runCleanups, scratchDatabase } from './servers.js'
 
-/** The server's own batch limits (plugins/pool.ts). */
-const MAX_BATCH = 1000
-const MAX_BATCH_TEXT = 2_000_000
 /** Messages are added every this often, as many as the rate has made due. */
 const TICK_MS = 1
 
@@ -62,9 +60,7 @@ async function main (): Promise<void> {
           batches++
           return await store.save(messages)
         },
-        maxBatch: MAX_BATCH,
-        maxWeight: MAX_BATCH_TEXT,
-        weigh: (message) => message.text.length + (message.ref?.length ?? 0)
+        ...MESSAGE_BATCHING
       })
       const saves: Array<Promise<void>> = []
       const started = performance.now()
